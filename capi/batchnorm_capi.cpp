@@ -1,0 +1,388 @@
+// The C boundary: every entry point validates its C arguments, translates them to the
+// core's types and calls the core through guarded(), which maps every exception to a
+// status and a thread-local message. Nothing else lives here.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "batchnorm/batchnorm.h"
+#include "layer/config.hpp"
+#include "layer/error.hpp"
+#include "layer/layer.hpp"
+
+struct bn_config {
+  bn::Config config;
+};
+
+struct bn_layer {
+  template <class... Args>
+  explicit bn_layer(Args&&... args) : layer(std::forward<Args>(args)...) {}
+  bn::Layer layer;
+};
+
+namespace {
+
+static_assert(BN_ERR_INVALID_ARGUMENT == static_cast<int32_t>(bn::Status::invalid_argument), "status");
+static_assert(BN_ERR_SHAPE == static_cast<int32_t>(bn::Status::shape), "status");
+static_assert(BN_ERR_STATE == static_cast<int32_t>(bn::Status::state), "status");
+static_assert(BN_ERR_OUT_OF_MEMORY == static_cast<int32_t>(bn::Status::out_of_memory), "status");
+static_assert(BN_ERR_UNSUPPORTED == static_cast<int32_t>(bn::Status::unsupported), "status");
+static_assert(BN_ERR_CORRUPT_DATA == static_cast<int32_t>(bn::Status::corrupt_data), "status");
+static_assert(BN_ERR_CALLBACK == static_cast<int32_t>(bn::Status::callback), "status");
+static_assert(BN_ERR_NONFINITE == static_cast<int32_t>(bn::Status::nonfinite), "status");
+static_assert(BN_ERR_INTERNAL == static_cast<int32_t>(bn::Status::internal), "status");
+static_assert(BN_PARAM_MOVING_STDDEV == static_cast<int32_t>(bn::Param::moving_stddev), "param");
+
+// Fixed buffer: no allocation, so out-of-memory can still be reported.
+thread_local char g_last_error[512] = "";
+
+bn_status set_error(bn_status status, const char* function, const char* message) {
+  std::snprintf(g_last_error, sizeof g_last_error, "%s: %s", function, message);
+  return status;
+}
+
+// The single guard every entry point goes through.
+template <class Fn>
+bn_status guarded(const char* function, Fn&& fn) noexcept {
+  try {
+    fn();
+    return BN_OK;
+  } catch (const bn::Error& e) {
+    return set_error(static_cast<bn_status>(e.status()), function, e.what());
+  } catch (const std::bad_alloc&) {
+    return set_error(BN_ERR_OUT_OF_MEMORY, function, "out of memory");
+  } catch (const std::exception& e) {
+    return set_error(BN_ERR_INTERNAL, function, e.what());
+  } catch (...) {
+    return set_error(BN_ERR_INTERNAL, function, "unknown internal error");
+  }
+}
+
+[[noreturn]] void invalid(const std::string& message) { bn::fail(bn::Status::invalid_argument, message); }
+
+void require(const void* pointer, const char* name) {
+  if (!pointer) invalid(std::string(name) + " is NULL");
+}
+
+bool as_flag(int value, const char* name) {
+  if (value != 0 && value != 1) invalid(std::string(name) + "=" + std::to_string(value) + " but it must be 0 or 1");
+  return value == 1;
+}
+
+template <class Enum>
+Enum as_enum(int32_t value, int32_t lo, int32_t hi, const char* name) {
+  if (value < lo || value > hi) {
+    invalid(std::string(name) + "=" + std::to_string(value) + " is not a known value (expected " +
+            std::to_string(lo) + " to " + std::to_string(hi) + ")");
+  }
+  return static_cast<Enum>(value);
+}
+
+void require_shape(const int64_t* shape, int32_t ndim, const char* name) {
+  require(shape, name);
+  if (ndim < 1 || ndim > bn::kMaxRank) {
+    bn::fail(bn::Status::shape, "ndim=" + std::to_string(ndim) + " but the rank must be 1 to " +
+                                    std::to_string(bn::kMaxRank));
+  }
+}
+
+std::string number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+void check_momentum(double momentum) {
+  if (!(momentum >= 0.0 && momentum <= 1.0)) {
+    invalid("momentum=" + number(momentum) + " but it must be in [0, 1]");
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+uint32_t bn_version(void) { return BN_VERSION_NUMBER; }
+
+const char* bn_version_string(void) {
+#define BN_STR2(x) #x
+#define BN_STR(x) BN_STR2(x)
+  return BN_STR(BN_VERSION_MAJOR) "." BN_STR(BN_VERSION_MINOR) "." BN_STR(BN_VERSION_PATCH);
+}
+
+const char* bn_status_string(bn_status status) {
+  switch (status) {
+    case BN_OK: return "BN_OK";
+    case BN_ERR_INVALID_ARGUMENT: return "BN_ERR_INVALID_ARGUMENT";
+    case BN_ERR_SHAPE: return "BN_ERR_SHAPE";
+    case BN_ERR_STATE: return "BN_ERR_STATE";
+    case BN_ERR_OUT_OF_MEMORY: return "BN_ERR_OUT_OF_MEMORY";
+    case BN_ERR_UNSUPPORTED: return "BN_ERR_UNSUPPORTED";
+    case BN_ERR_CORRUPT_DATA: return "BN_ERR_CORRUPT_DATA";
+    case BN_ERR_CALLBACK: return "BN_ERR_CALLBACK";
+    case BN_ERR_NONFINITE: return "BN_ERR_NONFINITE";
+    case BN_ERR_INTERNAL: return "BN_ERR_INTERNAL";
+    default: return "BN_UNKNOWN_STATUS";
+  }
+}
+
+const char* bn_last_error(void) { return g_last_error; }
+
+// ---------------------------------------------------------------------------
+// Config
+bn_status bn_config_create(bn_config** out) {
+  return guarded("bn_config_create", [&] {
+    require(out, "out");
+    *out = new bn_config();
+  });
+}
+
+void bn_config_destroy(bn_config* cfg) { delete cfg; }
+
+bn_status bn_config_set_axes(bn_config* cfg, const int32_t* axes, int32_t count) {
+  return guarded("bn_config_set_axes", [&] {
+    require(cfg, "cfg");
+    require(axes, "axes");
+    if (count < 1 || count > bn::kMaxRank) {
+      invalid("count=" + std::to_string(count) + " but it must be 1 to " + std::to_string(bn::kMaxRank));
+    }
+    for (int32_t i = 0; i < count; ++i) {
+      if (axes[i] <= -bn::kMaxRank - 1 || axes[i] >= bn::kMaxRank) {
+        invalid("axes[" + std::to_string(i) + "]=" + std::to_string(axes[i]) + " is out of range for any rank up to " +
+                std::to_string(bn::kMaxRank));
+      }
+      for (int32_t j = 0; j < i; ++j) {
+        if (axes[j] == axes[i]) invalid("axes[" + std::to_string(i) + "]=" + std::to_string(axes[i]) + " repeats axes[" + std::to_string(j) + "]");
+      }
+    }
+    cfg->config.axes.assign(axes, axes + count);
+  });
+}
+
+bn_status bn_config_set_momentum(bn_config* cfg, double momentum) {
+  return guarded("bn_config_set_momentum", [&] {
+    require(cfg, "cfg");
+    check_momentum(momentum);
+    cfg->config.momentum = momentum;
+  });
+}
+
+bn_status bn_config_set_epsilon(bn_config* cfg, double epsilon) {
+  return guarded("bn_config_set_epsilon", [&] {
+    require(cfg, "cfg");
+    if (!std::isfinite(epsilon) || epsilon < 0) invalid("epsilon=" + number(epsilon) + " but it must be finite and >= 0");
+    cfg->config.epsilon = epsilon;
+  });
+}
+
+bn_status bn_config_set_center(bn_config* cfg, int enabled) {
+  return guarded("bn_config_set_center", [&] {
+    require(cfg, "cfg");
+    cfg->config.center = as_flag(enabled, "enabled");
+  });
+}
+
+bn_status bn_config_set_scale(bn_config* cfg, int enabled) {
+  return guarded("bn_config_set_scale", [&] {
+    require(cfg, "cfg");
+    cfg->config.scale = as_flag(enabled, "enabled");
+  });
+}
+
+bn_status bn_config_set_dtype(bn_config* cfg, bn_dtype dtype) {
+  return guarded("bn_config_set_dtype", [&] {
+    require(cfg, "cfg");
+    const auto d = as_enum<bn::DType>(dtype, BN_F32, BN_F16, "dtype");
+    if (d == bn::DType::bf16 || d == bn::DType::f16) {
+      bn::fail(bn::Status::unsupported, "dtype=" + std::to_string(dtype) +
+                                            " (16-bit activations) is not supported by this version; use BN_F32 or BN_F64");
+    }
+    cfg->config.dtype = d;
+  });
+}
+
+bn_status bn_config_set_trainable(bn_config* cfg, int trainable) {
+  return guarded("bn_config_set_trainable", [&] {
+    require(cfg, "cfg");
+    cfg->config.trainable = as_flag(trainable, "trainable");
+  });
+}
+
+bn_status bn_config_set_fused(bn_config* cfg, bn_fused fused) {
+  return guarded("bn_config_set_fused", [&] {
+    require(cfg, "cfg");
+    cfg->config.fused = as_enum<bn::Fused>(fused, BN_FUSED_AUTO, BN_FUSED_OFF, "fused");
+  });
+}
+
+bn_status bn_config_set_keras_rules(bn_config* cfg, bn_keras_rules rules) {
+  return guarded("bn_config_set_keras_rules", [&] {
+    require(cfg, "cfg");
+    cfg->config.rules = as_enum<bn::KerasRules>(rules, BN_KERAS_V1, BN_KERAS_V2, "rules");
+  });
+}
+
+bn_status bn_config_set_renorm(bn_config* cfg, int enabled, double rmax, double rmin, double dmax,
+                               double renorm_momentum) {
+  return guarded("bn_config_set_renorm", [&] {
+    require(cfg, "cfg");
+    if (as_flag(enabled, "enabled")) {
+      bn::fail(bn::Status::unsupported, "batch renormalization is not available in this version (rmax=" + number(rmax) +
+                                            ", rmin=" + number(rmin) + ", dmax=" + number(dmax) +
+                                            ", renorm_momentum=" + number(renorm_momentum) + ")");
+    }
+  });
+}
+
+bn_status bn_config_set_virtual_batch_size(bn_config* cfg, int64_t size) {
+  return guarded("bn_config_set_virtual_batch_size", [&] {
+    require(cfg, "cfg");
+    if (size < 0) invalid("size=" + std::to_string(size) + " but it must be 0 (off) or positive");
+    if (size > 0) {
+      bn::fail(bn::Status::unsupported,
+               "virtual batches (ghost batch norm) are not available in this version (size=" + std::to_string(size) + ")");
+    }
+  });
+}
+
+bn_status bn_config_set_adjustment(bn_config* cfg, bn_adjustment_fn fn, void* user_data) {
+  (void)user_data;
+  return guarded("bn_config_set_adjustment", [&] {
+    require(cfg, "cfg");
+    if (fn) bn::fail(bn::Status::unsupported, "adjustment is not available in this version");
+  });
+}
+
+bn_status bn_config_set_moving_variance(bn_config* cfg, bn_moving_variance convention) {
+  return guarded("bn_config_set_moving_variance", [&] {
+    require(cfg, "cfg");
+    cfg->config.moving_variance = as_enum<bn::MovingVariance>(convention, BN_MOVING_VARIANCE_AUTO,
+                                                              BN_MOVING_VARIANCE_UNBIASED, "convention");
+  });
+}
+
+bn_status bn_config_set_cumulative_average(bn_config* cfg, int enabled) {
+  return guarded("bn_config_set_cumulative_average", [&] {
+    require(cfg, "cfg");
+    cfg->config.cumulative_average = as_flag(enabled, "enabled");
+  });
+}
+
+bn_status bn_config_set_single_value_policy(bn_config* cfg, bn_single_value_policy policy) {
+  return guarded("bn_config_set_single_value_policy", [&] {
+    require(cfg, "cfg");
+    cfg->config.single_value =
+        as_enum<bn::SingleValue>(policy, BN_SINGLE_VALUE_COMPUTE, BN_SINGLE_VALUE_REJECT, "policy");
+  });
+}
+
+bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user_data) {
+  (void)user_data;
+  return guarded("bn_config_set_allreduce", [&] {
+    require(cfg, "cfg");
+    if (fn) bn::fail(bn::Status::unsupported, "cross-replica statistics are not available in this version");
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Layer
+bn_status bn_create(const bn_config* cfg, const int64_t* input_shape, int32_t ndim, bn_layer** out) {
+  return guarded("bn_create", [&] {
+    require(cfg, "cfg");
+    require(out, "out");
+    require_shape(input_shape, ndim, "input_shape");
+    *out = new bn_layer(cfg->config, input_shape, ndim);
+  });
+}
+
+void bn_destroy(bn_layer* layer) { delete layer; }
+
+int64_t bn_num_features(const bn_layer* layer) {
+  if (!layer) {
+    set_error(BN_ERR_INVALID_ARGUMENT, "bn_num_features", "layer is NULL");
+    return -1;
+  }
+  return layer->layer.num_features();
+}
+
+bn_status bn_set_training(bn_layer* layer, int training) {
+  return guarded("bn_set_training", [&] {
+    require(layer, "layer");
+    layer->layer.set_training(as_flag(training, "training"));
+  });
+}
+
+bn_status bn_set_trainable(bn_layer* layer, int trainable) {
+  return guarded("bn_set_trainable", [&] {
+    require(layer, "layer");
+    layer->layer.set_trainable(as_flag(trainable, "trainable"));
+  });
+}
+
+bn_status bn_set_momentum(bn_layer* layer, double momentum) {
+  return guarded("bn_set_momentum", [&] {
+    require(layer, "layer");
+    check_momentum(momentum);
+    layer->layer.set_momentum(momentum);
+  });
+}
+
+bn_status bn_set_num_threads(bn_layer* layer, int32_t max_threads) {
+  return guarded("bn_set_num_threads", [&] {
+    require(layer, "layer");
+    layer->layer.set_num_threads(max_threads);
+  });
+}
+
+bn_status bn_get_fused(const bn_layer* layer, int* fused_out) {
+  return guarded("bn_get_fused", [&] {
+    require(layer, "layer");
+    require(fused_out, "fused_out");
+    *fused_out = layer->layer.fused() ? 1 : 0;
+  });
+}
+
+bn_status bn_forward(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x, void* y) {
+  return guarded("bn_forward", [&] {
+    require(layer, "layer");
+    require_shape(shape, ndim, "shape");
+    require(x, "x");
+    require(y, "y");
+    layer->layer.forward(shape, ndim, x, y);
+  });
+}
+
+bn_status bn_backward(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x, const void* dy, void* dx,
+                      void* dgamma, void* dbeta) {
+  return guarded("bn_backward", [&] {
+    require(layer, "layer");
+    require_shape(shape, ndim, "shape");
+    require(x, "x");
+    require(dy, "dy");
+    layer->layer.backward(shape, ndim, x, dy, dx, dgamma, dbeta);
+  });
+}
+
+bn_status bn_get_param(const bn_layer* layer, bn_param which, void* out, int64_t count) {
+  return guarded("bn_get_param", [&] {
+    require(layer, "layer");
+    const auto p = as_enum<bn::Param>(which, BN_PARAM_GAMMA, BN_PARAM_MOVING_STDDEV, "which");
+    require(out, "out");
+    layer->layer.get_param(p, out, count);
+  });
+}
+
+bn_status bn_set_param(bn_layer* layer, bn_param which, const void* values, int64_t count) {
+  return guarded("bn_set_param", [&] {
+    require(layer, "layer");
+    const auto p = as_enum<bn::Param>(which, BN_PARAM_GAMMA, BN_PARAM_MOVING_STDDEV, "which");
+    require(values, "values");
+    layer->layer.set_param(p, values, count);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,240 @@
+/*
+ * libbatchnorm — batch normalization with the exact semantics of the Keras
+ * BatchNormalization layer, behind a stable C ABI.
+ *
+ * This header is the whole ABI. It is plain C99, self-contained, and usable from
+ * C++ and through any FFI (Rust extern "C", Go cgo, Python ctypes).
+ *
+ * Conventions that hold for every function:
+ *  - Every function that can fail returns bn_status; BN_OK is 0.
+ *  - On failure bn_last_error() names the function, the argument, the value and
+ *    what was expected. The message is thread-local and stays until the next
+ *    failing call on the same thread.
+ *  - A failed call changes nothing (strong guarantee): no parameter, moving
+ *    statistic or saved forward state is modified.
+ *  - No C++ exception, abort or exit crosses this boundary.
+ *  - Caller buffers are borrowed for the duration of the call only; the library
+ *    never keeps a pointer to them.
+ *  - Counts are in elements, not bytes. Tensors are dense and row-major (C order).
+ *  - Every enumeration is an int32_t with pinned values that never change.
+ *
+ * Semantics: see README.md ("Semantics") and the SEMANTICS specification.
+ */
+#ifndef BATCHNORM_BATCHNORM_H
+#define BATCHNORM_BATCHNORM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define BN_API
+#elif defined(__GNUC__) || defined(__clang__)
+#define BN_API __attribute__((visibility("default")))
+#else
+#define BN_API
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Versions                                                                  */
+/* ------------------------------------------------------------------------ */
+#define BN_VERSION_MAJOR 1
+#define BN_VERSION_MINOR 0
+#define BN_VERSION_PATCH 0
+#define BN_VERSION_NUMBER (BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH)
+
+/** MAJOR*10000 + MINOR*100 + PATCH of the loaded library (compare with BN_VERSION_NUMBER). */
+BN_API uint32_t bn_version(void);
+/** "1.0.0" for the loaded library; static string, never NULL. */
+BN_API const char* bn_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+/* ------------------------------------------------------------------------ */
+typedef int32_t bn_status;
+#define BN_OK 0
+#define BN_ERR_INVALID_ARGUMENT 1 /* NULL pointer, value out of range, unknown constant */
+#define BN_ERR_SHAPE 2            /* shape does not fit the layer or the call */
+#define BN_ERR_STATE 3            /* not valid now, e.g. backward with no matching forward */
+#define BN_ERR_OUT_OF_MEMORY 4
+#define BN_ERR_UNSUPPORTED 5      /* a valid request this build cannot serve (yet) */
+#define BN_ERR_CORRUPT_DATA 6     /* loading a damaged or foreign state blob */
+#define BN_ERR_CALLBACK 7         /* a user callback reported failure */
+#define BN_ERR_NONFINITE 8        /* non-finite batch statistics refused */
+#define BN_ERR_INTERNAL 9
+
+/** Name of a status, e.g. "BN_ERR_SHAPE"; "BN_UNKNOWN_STATUS" for other values. Never NULL. */
+BN_API const char* bn_status_string(bn_status status);
+/** Message of the last failed call on this thread; "" if none. Never NULL. */
+BN_API const char* bn_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Enumerations                                                              */
+/* ------------------------------------------------------------------------ */
+/* Element types. x, y, dy, dx are of the layer's dtype. Parameters, statistics and
+ * parameter gradients are double for BN_F64 layers and float for every other dtype. */
+typedef int32_t bn_dtype;
+#define BN_F32 0
+#define BN_F64 1
+#define BN_BF16 2
+#define BN_F16 3
+
+/* Keras' `fused` argument: selects the fused path's observable semantics
+ * (Bessel-corrected moving variance, epsilon clamped to >= 1.001e-5). */
+typedef int32_t bn_fused;
+#define BN_FUSED_AUTO 0 /* Keras fused=None */
+#define BN_FUSED_ON 1   /* Keras fused=True */
+#define BN_FUSED_OFF 2  /* Keras fused=False */
+
+/* Which Keras class the layer follows. */
+typedef int32_t bn_keras_rules;
+#define BN_KERAS_V1 0 /* tf.compat.v1.keras.layers.BatchNormalization (default) */
+#define BN_KERAS_V2 1 /* TF2 tf.keras.layers.BatchNormalization */
+
+/* Estimator that feeds the moving variance. */
+typedef int32_t bn_moving_variance;
+#define BN_MOVING_VARIANCE_AUTO 0     /* as `fused` decides (Keras) */
+#define BN_MOVING_VARIANCE_BIASED 1   /* population variance (ONNX) */
+#define BN_MOVING_VARIANCE_UNBIASED 2 /* Bessel-corrected m/(m-1) (PyTorch) */
+
+/* Training with one value per feature (m == 1). */
+typedef int32_t bn_single_value_policy;
+#define BN_SINGLE_VALUE_COMPUTE 0 /* Keras: variance 0, y = beta */
+#define BN_SINGLE_VALUE_REJECT 1  /* PyTorch: BN_ERR_SHAPE, nothing changed */
+
+/* Parameters and statistics, for bn_get_param / bn_set_param. */
+typedef int32_t bn_param;
+#define BN_PARAM_GAMMA 0
+#define BN_PARAM_BETA 1
+#define BN_PARAM_MOVING_MEAN 2
+#define BN_PARAM_MOVING_VARIANCE 3
+#define BN_PARAM_RENORM_MEAN 4
+#define BN_PARAM_RENORM_STDDEV 5
+#define BN_PARAM_BATCH_MEAN 6     /* read-only: the last training forward's batch mean */
+#define BN_PARAM_BATCH_VARIANCE 7 /* read-only: its biased batch variance */
+#define BN_PARAM_MOVING_STDDEV 8  /* renorm only: Keras' moving_stddev variable */
+
+/* ------------------------------------------------------------------------ */
+/* Callbacks                                                                 */
+/* ------------------------------------------------------------------------ */
+/* Keras `adjustment`: called once per training-mode forward with the input shape;
+ * scale and bias arrive filled with 1 and 0 (num_features each). A non-BN_OK return
+ * fails the forward with BN_ERR_CALLBACK and changes nothing. Must not unwind. */
+typedef bn_status (*bn_adjustment_fn)(void* user_data, const int64_t* shape, int32_t ndim,
+                                      double* scale, double* bias, int64_t num_features);
+
+/* Cross-replica statistics: sums `count` doubles in place across all replicas.
+ * A collective: every replica calls it the same number of times with the same count. */
+typedef bn_status (*bn_allreduce_fn)(void* user_data, double* buffer, int64_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Configuration: an opaque builder                                          */
+/* ------------------------------------------------------------------------ */
+typedef struct bn_config bn_config;
+
+/** Creates a config with the defaults of the Keras layer: axis -1, momentum 0.99,
+ *  epsilon 1e-3, center 1, scale 1, BN_F32, trainable 1, fused auto, V1 rules,
+ *  no renorm, no virtual batch, no adjustment. The caller owns *out
+ *  (release with bn_config_destroy). */
+BN_API bn_status bn_config_create(bn_config** out);
+/** Releases a config; NULL does nothing. Layers created from it are unaffected. */
+BN_API void bn_config_destroy(bn_config* cfg);
+
+/** Axes to normalize over (Keras `axis`): `count` >= 1 distinct axes, negative
+ *  values count from the end. Range and duplicates are checked against the rank at
+ *  bn_create; duplicates among non-negative (or among negative) values are refused at once. */
+BN_API bn_status bn_config_set_axes(bn_config* cfg, const int32_t* axes, int32_t count);
+/** Keras momentum in [0, 1]: moving = moving*momentum + batch*(1 - momentum). */
+BN_API bn_status bn_config_set_momentum(bn_config* cfg, double momentum);
+/** Finite, >= 0. Added inside the square root: 1/sqrt(var + epsilon). */
+BN_API bn_status bn_config_set_epsilon(bn_config* cfg, double epsilon);
+/** Keras `center`: 0 means no beta (offset 0). */
+BN_API bn_status bn_config_set_center(bn_config* cfg, int enabled);
+/** Keras `scale`: 0 means no gamma (scale 1). */
+BN_API bn_status bn_config_set_scale(bn_config* cfg, int enabled);
+/** BN_F32 or BN_F64 (BN_BF16 and BN_F16 are BN_ERR_UNSUPPORTED in this version). */
+BN_API bn_status bn_config_set_dtype(bn_config* cfg, bn_dtype dtype);
+/** Keras `trainable`: under V2 rules 0 means inference even in training mode; under
+ *  V1 rules it only freezes gamma and beta. A frozen layer reports zero dgamma/dbeta. */
+BN_API bn_status bn_config_set_trainable(bn_config* cfg, int trainable);
+/** BN_FUSED_AUTO, BN_FUSED_ON or BN_FUSED_OFF (Keras None/True/False). */
+BN_API bn_status bn_config_set_fused(bn_config* cfg, bn_fused fused);
+/** BN_KERAS_V1 (default) or BN_KERAS_V2. */
+BN_API bn_status bn_config_set_keras_rules(bn_config* cfg, bn_keras_rules rules);
+/** Batch renormalization. rmax/dmax = +inf and rmin = 0 is "unclipped". */
+BN_API bn_status bn_config_set_renorm(bn_config* cfg, int enabled, double rmax, double rmin,
+                                      double dmax, double renorm_momentum);
+/** Ghost batch normalization; 0 = off. */
+BN_API bn_status bn_config_set_virtual_batch_size(bn_config* cfg, int64_t size);
+/** Keras `adjustment`; fn NULL = off. */
+BN_API bn_status bn_config_set_adjustment(bn_config* cfg, bn_adjustment_fn fn, void* user_data);
+/** Overrides the estimator fed to the moving variance (default: as `fused` decides). */
+BN_API bn_status bn_config_set_moving_variance(bn_config* cfg, bn_moving_variance convention);
+/** PyTorch momentum=None: moving statistics = mean over all batches seen so far. */
+BN_API bn_status bn_config_set_cumulative_average(bn_config* cfg, int enabled);
+/** What a training forward with one value per feature does (default: compute, as Keras). */
+BN_API bn_status bn_config_set_single_value_policy(bn_config* cfg, bn_single_value_policy policy);
+/** Synchronized batch norm across replicas; fn NULL = off. */
+BN_API bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user_data);
+
+/* ------------------------------------------------------------------------ */
+/* The layer                                                                 */
+/* ------------------------------------------------------------------------ */
+typedef struct bn_layer bn_layer;
+
+/** Builds a layer for inputs like `input_shape` (1 <= ndim <= 8, sizes >= 0; the sizes
+ *  along the configured axes must be >= 1). ndim and the kept sizes are fixed from then
+ *  on; the other sizes (batch, spatial) may change from call to call. The config is
+ *  copied. Parameters start at gamma 1, beta 0, moving mean 0, moving variance 1.
+ *  A new layer is in inference mode. The caller owns *out (release with bn_destroy). */
+BN_API bn_status bn_create(const bn_config* cfg, const int64_t* input_shape, int32_t ndim,
+                           bn_layer** out);
+/** Releases a layer; NULL does nothing. */
+BN_API void bn_destroy(bn_layer* layer);
+/** Product of the kept axes' sizes; -1 for NULL. */
+BN_API int64_t bn_num_features(const bn_layer* layer);
+
+/** Keras training=True/False for the following forwards. */
+BN_API bn_status bn_set_training(bn_layer* layer, int training);
+/** Changes `trainable` on a live layer (Keras layer.trainable = ...). */
+BN_API bn_status bn_set_trainable(bn_layer* layer, int trainable);
+/** Changes the momentum on a live layer (scheduled momentum), in [0, 1]. */
+BN_API bn_status bn_set_momentum(bn_layer* layer, double momentum);
+/** Bounds the threads this layer's calls use: 0 = the caller's oneTBB arena (default),
+ *  1 = the calling thread only (never spawns a thread), n > 1 = at most n threads.
+ *  Results are bitwise identical for every setting. */
+BN_API bn_status bn_set_num_threads(bn_layer* layer, int32_t max_threads);
+/** 1 if the layer follows Keras' fused-path semantics (decided at bn_create), else 0. */
+BN_API bn_status bn_get_fused(const bn_layer* layer, int* fused_out);
+
+/** Normalizes x into y (y may equal x). Training mode: batch statistics, moving
+ *  statistics updated, the forward saved for bn_backward. Inference mode: moving
+ *  statistics, no state changed. shape/ndim: ndim and kept sizes as at bn_create. */
+BN_API bn_status bn_forward(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x,
+                            void* y);
+/** Gradient of the most recent bn_forward of this layer, which must have had the same
+ *  shape and the same x (BN_ERR_STATE otherwise, or if a parameter was set since).
+ *  dx may equal dy. dx, dgamma, dbeta may each be NULL to skip it; dgamma and dbeta
+ *  (num_features each) are overwritten, not accumulated. */
+BN_API bn_status bn_backward(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x,
+                             const void* dy, void* dx, void* dgamma, void* dbeta);
+
+/* ------------------------------------------------------------------------ */
+/* Parameters and statistics                                                 */
+/* ------------------------------------------------------------------------ */
+/** Copies `count` (== bn_num_features) values out: double for BN_F64 layers, else float.
+ *  With several axes, values are row-major over the kept axes in input order. A layer
+ *  without gamma (scale 0) reads ones, without beta (center 0) zeros. */
+BN_API bn_status bn_get_param(const bn_layer* layer, bn_param which, void* out, int64_t count);
+/** Sets `count` (== bn_num_features) values. Statistics must be finite, variances >= 0.
+ *  The batch statistics are read-only. Invalidates the saved forward. */
+BN_API bn_status bn_set_param(bn_layer* layer, bn_param which, const void* values,
+                              int64_t count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BATCHNORM_BATCHNORM_H */

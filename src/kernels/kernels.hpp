@@ -1,0 +1,146 @@
+// Kernel interface: pure functions over one block of a tensor.
+//
+// Every layout reaches the kernels as a 3-D view [outer O, span S, inner I] of the
+// row-major tensor: `outer` is the product of the dims before the first kept axis,
+// `inner` the product of the dims after the last kept axis, `span` everything in
+// between. Inside the span the feature index of position s is
+//     f(s) = sum_d idx_d(s) * fstride_d        (fstride_d = 0 for a reduced dim),
+// so a single kept group (NCHW, NHWC, dense, NCL, contiguous multi-axis) has one span
+// dim with fstride 1 and f(s) = s, while kept axes separated by reduced ones
+// (e.g. axes {1,3} of NHWC) keep the reduced dims in the span with fstride 0.
+//
+// Kernels take raw pointers and one argument struct; they never allocate, lock,
+// throw or spawn threads. A block is a fixed rectangle [o0,o1) x [s0,s1) x [0,I)
+// chosen from the shape alone, so results never depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace bn::kernels {
+
+constexpr int kMaxSpanDims = 8;
+
+struct Geometry {
+  int64_t outer = 0;
+  int64_t span = 0;
+  int64_t inner = 0;
+  int64_t features = 0;   // C
+  int32_t span_dims = 1;  // dims of the span after merging neighbours of one kind
+  int64_t span_sizes[kMaxSpanDims] = {};
+  int64_t span_fstrides[kMaxSpanDims] = {};
+  bool identity() const { return span_dims == 1 && span_fstrides[0] == 1; }
+};
+
+struct Block {
+  int64_t o0, o1, s0, s1;
+};
+
+// Walks span positions s0, s0+1, ... and yields the feature index of each.
+class SpanCursor {
+ public:
+  SpanCursor(const Geometry& g, int64_t s) : g_(g), feature_(0) {
+    for (int d = g.span_dims - 1; d >= 0; --d) {
+      idx_[d] = s % g.span_sizes[d];
+      s /= g.span_sizes[d];
+      feature_ += idx_[d] * g.span_fstrides[d];
+    }
+  }
+  int64_t feature() const { return feature_; }
+  void next() {
+    for (int d = g_.span_dims - 1; d >= 0; --d) {
+      feature_ += g_.span_fstrides[d];
+      if (++idx_[d] < g_.span_sizes[d]) return;
+      feature_ -= idx_[d] * g_.span_fstrides[d];
+      idx_[d] = 0;
+    }
+  }
+
+ private:
+  const Geometry& g_;
+  int64_t idx_[kMaxSpanDims] = {};
+  int64_t feature_;
+};
+
+// Statistics of one block, written to this block's partial rows (indexed by feature):
+// mean[f] and m2[f] = sum (x - mean[f])^2 over the block's elements of feature f.
+// Two passes over the block (it is cache-sized), accumulated in double.
+template <class T>
+struct StatsArgs {
+  Geometry geometry;
+  const T* x;
+  double* mean;  // partial row of this block, C entries
+  double* m2;
+};
+
+// y = (x - center[f]) * scale[f] + shift[f], computed in double, rounded once.
+template <class T>
+struct NormalizeArgs {
+  Geometry geometry;
+  const T* x;
+  T* y;
+  const double* center;
+  const double* scale;
+  const double* shift;
+};
+
+// Backward reductions of one block: sum_dy[f] = sum dy, sum_dyxc[f] = sum dy*(x - center[f]).
+template <class T>
+struct BackwardSumsArgs {
+  Geometry geometry;
+  const T* x;
+  const T* dy;
+  const double* center;
+  double* sum_dy;  // partial row of this block
+  double* sum_dyxc;
+};
+
+// dx = k_dy[f]*dy + k_x[f]*(x - center[f]) + k_c[f]   (see layer.cpp for the derivation).
+template <class T>
+struct BackwardDxArgs {
+  Geometry geometry;
+  const T* x;
+  const T* dy;
+  T* dx;
+  const double* center;
+  const double* k_dy;
+  const double* k_x;
+  const double* k_c;
+};
+
+template <class T>
+struct KernelTable {
+  const char* isa;
+  void (*stats)(const StatsArgs<T>&, const Block&);
+  void (*normalize)(const NormalizeArgs<T>&, const Block&);
+  void (*backward_sums)(const BackwardSumsArgs<T>&, const Block&);
+  void (*backward_dx)(const BackwardDxArgs<T>&, const Block&);
+};
+
+// The scalar reference kernels: always present; fallback and test oracle.
+const KernelTable<float>& reference_f32();
+const KernelTable<double>& reference_f64();
+
+// The kernels chosen once for this CPU (dispatch.cpp).
+template <class T>
+const KernelTable<T>& selected();
+
+// Chan's merge of per-block (count, mean, M2) partials of one feature, in block order.
+struct Moments {
+  double count = 0;
+  double mean = 0;
+  double m2 = 0;
+};
+inline void merge_into(Moments& acc, double count, double mean, double m2) {
+  if (count <= 0) return;
+  if (acc.count <= 0) {
+    acc = {count, mean, m2};
+    return;
+  }
+  const double n = acc.count + count;
+  const double delta = mean - acc.mean;
+  acc.mean += delta * (count / n);
+  acc.m2 += m2 + delta * delta * (acc.count * count / n);
+  acc.count = n;
+}
+
+}  // namespace bn::kernels

@@ -1,0 +1,37 @@
+// Layer configuration in C++ terms: what Keras' BatchNormalization constructor takes,
+// plus the library's explicit extensions (SEMANTICS Part A.9). Plain values only;
+// every check that needs the input shape happens in the layer (layer.cpp).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace bn {
+
+enum class DType : int32_t { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
+enum class Fused : int32_t { automatic = 0, on = 1, off = 2 };
+enum class KerasRules : int32_t { v1 = 0, v2 = 1 };
+enum class MovingVariance : int32_t { automatic = 0, biased = 1, unbiased = 2 };
+enum class SingleValue : int32_t { compute = 0, reject = 1 };
+
+struct Config {
+  std::vector<int32_t> axes{-1};
+  double momentum = 0.99;
+  double epsilon = 1e-3;
+  bool center = true;
+  bool scale = true;
+  DType dtype = DType::f32;
+  bool trainable = true;
+  Fused fused = Fused::automatic;
+  KerasRules rules = KerasRules::v1;
+  MovingVariance moving_variance = MovingVariance::automatic;
+  bool cumulative_average = false;
+  SingleValue single_value = SingleValue::compute;
+};
+
+// Limits of the layer.
+constexpr int32_t kMaxRank = 8;
+// Keras' fused path clamps epsilon from below (tf.nn.fused_batch_norm).
+constexpr double kFusedMinEpsilon = 1.001e-5;
+
+}  // namespace bn

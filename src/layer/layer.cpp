@@ -1,0 +1,510 @@
+#include "layer/layer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "kernels/kernels.hpp"
+#include "layer/error.hpp"
+
+namespace bn {
+namespace {
+
+constexpr int32_t kMaxThreads = 4096;
+constexpr int64_t kFeaturesPerTask = 256;  // per-feature work is split in chunks of this size
+
+std::string shape_text(const int64_t* shape, int32_t ndim) {
+  std::string s = "(";
+  for (int32_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (ndim == 1 ? ",)" : ")");
+}
+
+const char* param_name(Param p) {
+  switch (p) {
+    case Param::gamma: return "GAMMA";
+    case Param::beta: return "BETA";
+    case Param::moving_mean: return "MOVING_MEAN";
+    case Param::moving_variance: return "MOVING_VARIANCE";
+    case Param::renorm_mean: return "RENORM_MEAN";
+    case Param::renorm_stddev: return "RENORM_STDDEV";
+    case Param::batch_mean: return "BATCH_MEAN";
+    case Param::batch_variance: return "BATCH_VARIANCE";
+    case Param::moving_stddev: return "MOVING_STDDEV";
+  }
+  return "?";
+}
+
+void check_momentum(double momentum) {
+  if (!(momentum >= 0.0 && momentum <= 1.0)) {
+    fail(Status::invalid_argument, "momentum=" + std::to_string(momentum) + " but it must be in [0, 1]");
+  }
+}
+
+// Keras 2 `_raise_if_fused_cannot_be_used`: renorm, virtual batches and adjustment do not
+// exist yet in this version, so only the axis and dtype checks can fail. Returns the
+// reason, or "" when the fused path can be used.
+std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype) {
+  if (axes.size() > 1) return "fused=True needs a single axis (got " + std::to_string(axes.size()) + " axes)";
+  const int32_t a = axes[0];
+  if (a != -4 && a != -3 && a != -1 && a != 1 && a != 3 && a != 4) {
+    return "fused=True is only supported when axis is 1 or 3 for input rank 4, or 1 or 4 for rank 5 (got axis " +
+           std::to_string(a) + ")";
+  }
+  if (dtype == DType::f64) return "fused=True is only supported for 16- and 32-bit floats (got float64)";
+  return "";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Access guard: many concurrent readers (inference forwards, get_param) or one writer.
+// Misuse is reported, never raced.
+class Layer::Access {
+ public:
+  Access(std::atomic<int32_t>& users, bool exclusive) : users_(users), exclusive_(exclusive) {
+    if (exclusive) {
+      int32_t expected = 0;
+      if (!users.compare_exchange_strong(expected, -1, std::memory_order_acquire)) busy();
+      return;
+    }
+    int32_t v = users.load(std::memory_order_relaxed);
+    do {
+      if (v < 0) busy();
+    } while (!users.compare_exchange_weak(v, v + 1, std::memory_order_acquire));
+  }
+  ~Access() {
+    if (exclusive_) {
+      users_.store(0, std::memory_order_release);
+    } else {
+      users_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+  Access(const Access&) = delete;
+  Access& operator=(const Access&) = delete;
+
+ private:
+  [[noreturn]] static void busy() {
+    fail(Status::state,
+         "the layer is in use by another thread; only inference-mode bn_forward and bn_get_param may run "
+         "concurrently on one layer");
+  }
+  std::atomic<int32_t>& users_;
+  bool exclusive_;
+};
+
+// ---------------------------------------------------------------------------
+Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : config_(config) {
+  check_momentum(config.momentum);
+  if (!std::isfinite(config.epsilon) || config.epsilon < 0) {
+    fail(Status::invalid_argument, "epsilon=" + std::to_string(config.epsilon) + " but it must be finite and >= 0");
+  }
+  if (config.dtype != DType::f32 && config.dtype != DType::f64) {
+    fail(Status::unsupported, "dtype " + std::to_string(static_cast<int>(config.dtype)) +
+                                  " (16-bit floats) is not supported by this version; use BN_F32 or BN_F64");
+  }
+  axes_ = resolve_axes(config.axes, input_shape, ndim);
+
+  // Which path's semantics apply (SEMANTICS B.1, Keras 2 __init__ and build).
+  std::vector<int32_t> normalized;
+  for (int32_t d = 0; d < ndim; ++d) {
+    if (axes_.kept[d]) normalized.push_back(d);
+  }
+  const bool rank45 = ndim == 4 || ndim == 5;
+  if (config.fused == Fused::off) {
+    fused_ = false;
+  } else if (config.rules == KerasRules::v1) {
+    // V1 decides in build, after the axes were normalized; fused=True is only a preference.
+    fused_ = rank45 && fused_obstacle(normalized, config.dtype).empty();
+  } else {
+    // V2 checks the axes as given, in __init__.
+    const std::string obstacle = fused_obstacle(config.axes, config.dtype);
+    if (config.fused == Fused::on) {
+      if (!obstacle.empty()) fail(Status::invalid_argument, obstacle + " (Keras V2 rules raise here)");
+      if (!rank45) {
+        fail(Status::invalid_argument, "fused=True only supports 4D or 5D inputs (got rank " + std::to_string(ndim) +
+                                           "; Keras V2 rules raise here)");
+      }
+      fused_ = true;
+    } else {
+      fused_ = obstacle.empty() && rank45;
+    }
+  }
+  if (fused_) {
+    const int32_t a = normalized[0];
+    const bool supported = (ndim == 4 && (a == 1 || a == 3)) || (ndim == 5 && (a == 1 || a == 4));
+    if (!supported) {
+      if (ndim == 5) {
+        fused_ = false;  // Keras: 5D inputs with another axis silently use the non-fused path
+      } else {
+        fail(Status::invalid_argument,
+             "unsupported axis for the fused path: Keras only allows axis 1 or 3 for 4D inputs (axis " +
+                 std::to_string(config.axes[0]) + " is " + std::to_string(a) +
+                 " here); set fused OFF to normalize over it");
+      }
+    }
+  }
+  epsilon_ = fused_ ? std::max(config.epsilon, kFusedMinEpsilon) : config.epsilon;
+
+  const auto c = static_cast<size_t>(axes_.features);
+  gamma_.assign(c, 1.0);
+  beta_.assign(c, 0.0);
+  moving_mean_.assign(c, 0.0);
+  moving_variance_.assign(c, 1.0);
+  batch_mean_.assign(c, 0.0);
+  batch_variance_.assign(c, 0.0);
+  infer_scale_.assign(c, 0.0);
+  saved_inv_std_.assign(c, 0.0);
+  work_a_.assign(c, 0.0);
+  work_b_.assign(c, 0.0);
+  work_c_.assign(c, 0.0);
+  work_d_.assign(c, 0.0);
+  coef_dy_.assign(c, 0.0);
+  coef_x_.assign(c, 0.0);
+  coef_c_.assign(c, 0.0);
+  refresh_inference_transform();
+}
+
+bool Layer::uses_batch_statistics() const {
+  // Keras V2 (and Keras 3): a frozen layer runs in inference mode even when training.
+  return training_ && !(config_.rules == KerasRules::v2 && !config_.trainable);
+}
+
+double Layer::round_param(double v) const {
+  return config_.dtype == DType::f64 ? v : static_cast<double>(static_cast<float>(v));
+}
+
+void Layer::refresh_inference_transform() {
+  for (size_t f = 0; f < infer_scale_.size(); ++f) {
+    infer_scale_[f] = gamma_[f] / std::sqrt(moving_variance_[f] + epsilon_);
+  }
+}
+
+void Layer::set_training(bool training) {
+  Access access(users_, true);
+  training_ = training;
+}
+
+void Layer::set_trainable(bool trainable) {
+  Access access(users_, true);
+  config_.trainable = trainable;
+}
+
+void Layer::set_momentum(double momentum) {
+  check_momentum(momentum);
+  Access access(users_, true);
+  config_.momentum = momentum;
+}
+
+void Layer::set_num_threads(int32_t max_threads) {
+  if (max_threads < 0 || max_threads > kMaxThreads) {
+    fail(Status::invalid_argument, "max_threads=" + std::to_string(max_threads) + " but it must be 0 (the caller's "
+                                   "arena) or 1 to " + std::to_string(kMaxThreads));
+  }
+  Access access(users_, true);
+  executor_.set_max_threads(max_threads);
+}
+
+const ShapePlan& Layer::plan_for(const int64_t* shape, int32_t ndim) {
+  if (plan_valid_ && plan_.same_shape(shape, ndim)) return plan_;
+  ShapePlan plan = plan_shape(axes_, shape, ndim);
+  const size_t rows = static_cast<size_t>(plan.grid.o_blocks) * static_cast<size_t>(axes_.features);
+  std::vector<double> a(rows), b(rows);  // may throw bad_alloc: nothing changed yet
+  plan_ = plan;
+  partial_a_.swap(a);
+  partial_b_.swap(b);
+  plan_valid_ = true;
+  return plan_;
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+void Layer::forward(const int64_t* shape, int32_t ndim, const void* x, void* y) {
+  {
+    Access shared(users_, false);
+    if (!uses_batch_statistics()) {
+      const ShapePlan plan = plan_shape(axes_, shape, ndim);
+      if (config_.dtype == DType::f64) {
+        forward_inference(plan, static_cast<const double*>(x), static_cast<double*>(y));
+      } else {
+        forward_inference(plan, static_cast<const float*>(x), static_cast<float*>(y));
+      }
+      std::lock_guard<std::mutex> lock(saved_mutex_);
+      saved_.valid = true;
+      saved_.batch_statistics = false;
+      saved_.ndim = ndim;
+      std::copy(shape, shape + ndim, saved_.shape);
+      return;
+    }
+  }
+  Access exclusive(users_, true);
+  if (!uses_batch_statistics()) {
+    fail(Status::state, "the layer left training mode while this call started; call again");
+  }
+  const ShapePlan& plan = plan_for(shape, ndim);
+  if (config_.dtype == DType::f64) {
+    forward_training(plan, static_cast<const double*>(x), static_cast<double*>(y));
+  } else {
+    forward_training(plan, static_cast<const float*>(x), static_cast<float*>(y));
+  }
+}
+
+template <class T>
+void Layer::forward_inference(const ShapePlan& plan, const T* x, T* y) const {
+  const auto& k = kernels::selected<T>();
+  const kernels::NormalizeArgs<T> args{plan.geometry, x, y, moving_mean_.data(), infer_scale_.data(), beta_.data()};
+  executor_.for_blocks(plan.grid.count(), [&](int64_t b) { k.normalize(args, plan.grid.block(plan.geometry, b)); });
+}
+
+template <class T>
+void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
+  const int64_t m = plan.per_feature;
+  if (m == 1 && config_.single_value == SingleValue::reject) {
+    fail(Status::shape, "training needs more than one value per feature (single-value policy REJECT); shape " +
+                            shape_text(plan.shape, plan.ndim) + " has 1");
+  }
+  const kernels::Geometry& g = plan.geometry;
+  const BlockGrid& grid = plan.grid;
+  const int64_t c = axes_.features;
+  const auto& k = kernels::selected<T>();
+
+  if (plan.elements > 0) {
+    // Pass 1: per-block two-pass moments, then Chan's merge in block order per feature.
+    executor_.for_blocks(grid.count(), [&](int64_t b) {
+      const int64_t bo = b / grid.s_blocks;
+      const kernels::StatsArgs<T> args{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c};
+      k.stats(args, grid.block(g, b));
+    });
+    executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
+      const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
+      for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
+        kernels::Moments acc;
+        for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+          kernels::merge_into(acc, grid.count_per_feature(g, bo), partial_a_[bo * c + f], partial_b_[bo * c + f]);
+        }
+        work_a_[f] = acc.mean;
+        work_b_[f] = std::max(0.0, acc.m2 / acc.count);  // biased batch variance
+      }
+    });
+    // Folded transform: y = (x - mean) * (gamma / sqrt(var + eps)) + beta.
+    for (int64_t f = 0; f < c; ++f) {
+      work_d_[f] = 1.0 / std::sqrt(work_b_[f] + epsilon_);
+      work_c_[f] = gamma_[f] * work_d_[f];
+    }
+    const kernels::NormalizeArgs<T> args{g, x, y, work_a_.data(), work_c_.data(), beta_.data()};
+    executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(args, grid.block(g, b)); });
+
+    // Commit: nothing below can fail.
+    // Moving statistics (SEMANTICS B.1/B.2): the fused path feeds the Bessel-corrected
+    // variance m/max(m-1,1) (TF's kernel form mu*v + (1-mu)*x); the non-fused path the
+    // biased one (Keras' v - (v - x)(1 - mu)). The override and the cumulative average
+    // (PyTorch momentum=None) are options beyond Keras.
+    const bool bessel = config_.moving_variance == MovingVariance::unbiased ||
+                        (config_.moving_variance == MovingVariance::automatic && fused_);
+    const double correction = bessel ? static_cast<double>(m) / static_cast<double>(std::max<int64_t>(m - 1, 1)) : 1.0;
+    const double mu = config_.momentum;
+    ++updates_;
+    for (int64_t f = 0; f < c; ++f) {
+      const double mean = work_a_[f];
+      const double var = work_b_[f] * correction;
+      double& mm = moving_mean_[f];
+      double& mv = moving_variance_[f];
+      if (config_.cumulative_average) {
+        const double w = 1.0 / static_cast<double>(updates_);
+        mm = round_param((1.0 - w) * mm + w * mean);
+        mv = round_param((1.0 - w) * mv + w * var);
+      } else if (fused_) {
+        mm = round_param(mu * mm + (1.0 - mu) * mean);
+        mv = round_param(mu * mv + (1.0 - mu) * var);
+      } else {
+        mm = round_param(mm - (mm - mean) * (1.0 - mu));
+        mv = round_param(mv - (mv - var) * (1.0 - mu));
+      }
+    }
+    batch_mean_.swap(work_a_);
+    batch_variance_.swap(work_b_);
+    saved_inv_std_.swap(work_d_);
+    refresh_inference_transform();
+  }
+  // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
+  // zero-size inputs); it still has a (zero) gradient.
+  saved_.valid = true;
+  saved_.batch_statistics = true;
+  saved_.ndim = plan.ndim;
+  std::copy(plan.shape, plan.shape + plan.ndim, saved_.shape);
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+//
+// Training (per feature, m reduced elements, s = 1/sqrt(var_B + eps), xhat = (x - mean)*s,
+// y = g*xhat + b; mean and var are differentiated through):
+//   dx = g*s * (dy - mean(dy) - xhat * mean(dy*xhat))
+//      = (g*s)*dy  +  (-g*s^3 * Sxc / m)*(x - mean)  +  (-g*s * Sdy / m)
+//   with Sdy = sum dy and Sxc = sum dy*(x - mean);  dgamma = s*Sxc;  dbeta = Sdy.
+// Inference (moving statistics are constants): dx = (g*s_mv)*dy, dgamma = s_mv * sum dy*(x - mm).
+void Layer::backward(const int64_t* shape, int32_t ndim, const void* x, const void* dy, void* dx, void* dgamma,
+                     void* dbeta) {
+  Access exclusive(users_, true);
+  check_shape(axes_, shape, ndim);
+  if (!saved_.valid) {
+    fail(Status::state, "there is no forward to differentiate: call bn_forward first (a bn_set_param since the "
+                        "last forward also clears it)");
+  }
+  if (saved_.ndim != ndim || !std::equal(shape, shape + ndim, saved_.shape)) {
+    fail(Status::state, "shape " + shape_text(shape, ndim) + " differs from the shape " +
+                            shape_text(saved_.shape, saved_.ndim) + " of the most recent bn_forward");
+  }
+  const ShapePlan& plan = plan_for(shape, ndim);
+  const auto c = static_cast<size_t>(axes_.features);
+  std::vector<double>& dg = work_c_;
+  std::vector<double>& db = work_d_;
+  if (config_.dtype == DType::f64) {
+    backward_impl(plan, static_cast<const double*>(x), static_cast<const double*>(dy), static_cast<double*>(dx), dg,
+                  db);
+  } else {
+    backward_impl(plan, static_cast<const float*>(x), static_cast<const float*>(dy), static_cast<float*>(dx), dg, db);
+  }
+  const bool train_params = config_.trainable;
+  for (size_t f = 0; f < c; ++f) {
+    if (!train_params || !config_.scale) dg[f] = 0.0;
+    if (!train_params || !config_.center) db[f] = 0.0;
+  }
+  if (dgamma) write_params(dg, dgamma);
+  if (dbeta) write_params(db, dbeta);
+}
+
+template <class T>
+void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx, std::vector<double>& dgamma,
+                          std::vector<double>& dbeta) {
+  const int64_t c = axes_.features;
+  const kernels::Geometry& g = plan.geometry;
+  const BlockGrid& grid = plan.grid;
+  const auto& k = kernels::selected<T>();
+  const bool batch = saved_.batch_statistics;
+  const std::vector<double>& center = batch ? batch_mean_ : moving_mean_;
+  std::vector<double>& inv = work_b_;
+  for (int64_t f = 0; f < c; ++f) {
+    inv[f] = batch ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+  }
+  std::vector<double>& sdy = work_a_;
+  std::fill(sdy.begin(), sdy.end(), 0.0);
+  std::fill(dgamma.begin(), dgamma.end(), 0.0);  // holds Sxc until the end
+  if (plan.elements == 0) {
+    std::fill(dbeta.begin(), dbeta.end(), 0.0);
+    return;
+  }
+  executor_.for_blocks(grid.count(), [&](int64_t b) {
+    const int64_t bo = b / grid.s_blocks;
+    const kernels::BackwardSumsArgs<T> args{g, x, dy, center.data(), partial_a_.data() + bo * c,
+                                            partial_b_.data() + bo * c};
+    k.backward_sums(args, grid.block(g, b));
+  });
+  executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
+    const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
+    for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
+      double a = 0.0, b = 0.0;
+      for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+        a += partial_a_[bo * c + f];
+        b += partial_b_[bo * c + f];
+      }
+      sdy[f] = a;
+      dgamma[f] = b;
+    }
+  });
+  if (dx) {
+    const double m = static_cast<double>(plan.per_feature);
+    for (int64_t f = 0; f < c; ++f) {
+      coef_dy_[f] = gamma_[f] * inv[f];
+      coef_x_[f] = batch ? -(coef_dy_[f] * inv[f] * inv[f] * dgamma[f]) / m : 0.0;
+      coef_c_[f] = batch ? -(coef_dy_[f] * sdy[f]) / m : 0.0;
+    }
+    const kernels::BackwardDxArgs<T> args{g, x, dy, dx, center.data(), coef_dy_.data(), coef_x_.data(),
+                                          coef_c_.data()};
+    executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(args, grid.block(g, b)); });
+  }
+  for (int64_t f = 0; f < c; ++f) {
+    dgamma[f] = round_param(dgamma[f] * inv[f]);
+    dbeta[f] = round_param(sdy[f]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Parameters
+void Layer::write_params(const std::vector<double>& values, void* out) const {
+  if (config_.dtype == DType::f64) {
+    std::memcpy(out, values.data(), values.size() * sizeof(double));
+  } else {
+    auto* o = static_cast<float*>(out);
+    for (size_t i = 0; i < values.size(); ++i) o[i] = static_cast<float>(values[i]);
+  }
+}
+
+void Layer::get_param(Param which, void* out, int64_t count) const {
+  Access shared(users_, false);
+  if (count != axes_.features) {
+    fail(Status::shape, "count=" + std::to_string(count) + " but the layer has " + std::to_string(axes_.features) +
+                            " features");
+  }
+  switch (which) {
+    case Param::gamma: return write_params(gamma_, out);
+    case Param::beta: return write_params(beta_, out);
+    case Param::moving_mean: return write_params(moving_mean_, out);
+    case Param::moving_variance: return write_params(moving_variance_, out);
+    case Param::batch_mean:
+    case Param::batch_variance:
+      if (updates_ == 0) fail(Status::state, std::string(param_name(which)) + " needs a training forward first");
+      return write_params(which == Param::batch_mean ? batch_mean_ : batch_variance_, out);
+    case Param::renorm_mean:
+    case Param::renorm_stddev:
+    case Param::moving_stddev:
+      fail(Status::invalid_argument, std::string(param_name(which)) + " exists only with renorm, which is off");
+  }
+  fail(Status::invalid_argument, "which=" + std::to_string(static_cast<int>(which)) + " is not a known parameter");
+}
+
+void Layer::set_param(Param which, const void* values, int64_t count) {
+  Access exclusive(users_, true);
+  if (count != axes_.features) {
+    fail(Status::shape, "count=" + std::to_string(count) + " but the layer has " + std::to_string(axes_.features) +
+                            " features");
+  }
+  std::vector<double>* target = nullptr;
+  switch (which) {
+    case Param::gamma:
+      if (!config_.scale) fail(Status::invalid_argument, "the layer has no GAMMA (scale=0)");
+      target = &gamma_;
+      break;
+    case Param::beta:
+      if (!config_.center) fail(Status::invalid_argument, "the layer has no BETA (center=0)");
+      target = &beta_;
+      break;
+    case Param::moving_mean: target = &moving_mean_; break;
+    case Param::moving_variance: target = &moving_variance_; break;
+    case Param::batch_mean:
+    case Param::batch_variance:
+      fail(Status::invalid_argument, std::string(param_name(which)) + " is read-only");
+    case Param::renorm_mean:
+    case Param::renorm_stddev:
+    case Param::moving_stddev:
+      fail(Status::invalid_argument, std::string(param_name(which)) + " exists only with renorm, which is off");
+  }
+  if (!target) fail(Status::invalid_argument, "which=" + std::to_string(static_cast<int>(which)) + " is not a known parameter");
+  auto value = [&](int64_t i) {
+    return config_.dtype == DType::f64 ? static_cast<const double*>(values)[i]
+                                       : static_cast<double>(static_cast<const float*>(values)[i]);
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    const double v = value(i);
+    if (!std::isfinite(v) || (which == Param::moving_variance && v < 0)) {
+      fail(Status::invalid_argument, "values[" + std::to_string(i) + "]=" + std::to_string(v) + " but " +
+                                         param_name(which) + " must be finite" +
+                                         (which == Param::moving_variance ? " and >= 0" : ""));
+    }
+  }
+  for (int64_t i = 0; i < count; ++i) (*target)[static_cast<size_t>(i)] = value(i);
+  saved_.valid = false;
+  refresh_inference_transform();
+}
+
+}  // namespace bn

@@ -1,0 +1,103 @@
+// The Keras BatchNormalization layer: configuration checks against the input shape,
+// the fused-path decision, parameters and moving statistics, training vs inference,
+// the saved forward for the backward, and the access guard. No C types here.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "layer/config.hpp"
+#include "layer/shape_plan.hpp"
+#include "parallel/executor.hpp"
+
+namespace bn {
+
+enum class Param : int32_t {
+  gamma = 0,
+  beta = 1,
+  moving_mean = 2,
+  moving_variance = 3,
+  renorm_mean = 4,
+  renorm_stddev = 5,
+  batch_mean = 6,
+  batch_variance = 7,
+  moving_stddev = 8,
+};
+
+class Layer {
+ public:
+  // Throws Error for a configuration that does not fit the shape (or that Keras refuses).
+  Layer(const Config& config, const int64_t* input_shape, int32_t ndim);
+
+  int64_t num_features() const { return axes_.features; }
+  bool fused() const { return fused_; }
+  DType dtype() const { return config_.dtype; }
+  const Config& config() const { return config_; }
+
+  void set_training(bool training);
+  void set_trainable(bool trainable);
+  void set_momentum(double momentum);
+  void set_num_threads(int32_t max_threads);
+
+  // x, y, dy, dx are of the layer's dtype; parameter buffers are double for f64
+  // layers and float otherwise. The C boundary has checked for NULL.
+  void forward(const int64_t* shape, int32_t ndim, const void* x, void* y);
+  void backward(const int64_t* shape, int32_t ndim, const void* x, const void* dy, void* dx,
+                void* dgamma, void* dbeta);
+
+  void get_param(Param which, void* out, int64_t count) const;
+  void set_param(Param which, const void* values, int64_t count);
+
+ private:
+  class Access;  // RAII guard: shared (inference forward, reads) or exclusive
+
+  bool uses_batch_statistics() const;
+  double round_param(double v) const;
+  void refresh_inference_transform();
+  const ShapePlan& plan_for(const int64_t* shape, int32_t ndim);
+  template <class T> void forward_training(const ShapePlan& plan, const T* x, T* y);
+  template <class T> void forward_inference(const ShapePlan& plan, const T* x, T* y) const;
+  template <class T> void backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx,
+                                        std::vector<double>& dgamma, std::vector<double>& dbeta);
+  void write_params(const std::vector<double>& values, void* out) const;
+
+  Config config_;
+  AxisPlan axes_;
+  bool fused_ = false;
+  double epsilon_ = 0;  // as used: clamped on the fused path
+  bool training_ = false;
+
+  // Parameters and statistics (values always representable in the parameter dtype).
+  std::vector<double> gamma_, beta_, moving_mean_, moving_variance_;
+  std::vector<double> batch_mean_, batch_variance_;  // last training forward, full precision
+  int64_t updates_ = 0;                               // training steps taken (cumulative average)
+
+  // The folded inference transform y = (x - center)*scale + shift, kept current so that
+  // concurrent inference forwards only read.
+  std::vector<double> infer_scale_;
+
+  // The most recent forward, for the backward.
+  struct Saved {
+    bool valid = false;
+    bool batch_statistics = false;
+    int64_t shape[kMaxRank] = {};
+    int32_t ndim = 0;
+  };
+  Saved saved_;
+  mutable std::mutex saved_mutex_;  // inference forwards record concurrently
+  std::vector<double> saved_inv_std_;  // 1/sqrt(var_B + eps) of the saved training forward
+
+  // Scratch planned per shape: partial rows (o_blocks x features) and per-feature work.
+  ShapePlan plan_;
+  bool plan_valid_ = false;
+  std::vector<double> partial_a_, partial_b_;
+  std::vector<double> work_a_, work_b_, work_c_, work_d_;
+  std::vector<double> coef_dy_, coef_x_, coef_c_;  // backward dx coefficients
+
+  parallel::Executor executor_;
+  mutable std::atomic<int32_t> users_{0};  // >0 shared users, -1 exclusive
+};
+
+}  // namespace bn

@@ -1,0 +1,174 @@
+#include "layer/shape_plan.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "layer/config.hpp"
+#include "layer/error.hpp"
+
+namespace bn {
+namespace {
+
+// Blocks hold about this many elements (a cache-resident slice for the two-pass
+// statistics) and every partial summarizes at least kMinPerPartial elements, which
+// bounds the partial storage to a small fraction of the tensor.
+constexpr int64_t kBlockTarget = int64_t{1} << 15;
+constexpr int64_t kMinPerPartial = 256;
+
+std::string shape_text(const int64_t* shape, int32_t ndim) {
+  std::string s = "(";
+  for (int32_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (ndim == 1 ? ",)" : ")");
+}
+
+void check_rank(int32_t ndim) {
+  if (ndim < 1 || ndim > kMaxRank) {
+    fail(Status::shape, "ndim=" + std::to_string(ndim) + " but the rank must be 1 to " +
+                            std::to_string(kMaxRank));
+  }
+}
+
+void check_sizes(const int64_t* shape, int32_t ndim) {
+  for (int32_t i = 0; i < ndim; ++i) {
+    if (shape[i] < 0) {
+      fail(Status::shape, "shape[" + std::to_string(i) + "]=" + std::to_string(shape[i]) +
+                              " is negative in shape " + shape_text(shape, ndim));
+    }
+  }
+}
+
+}  // namespace
+
+int64_t element_count(const int64_t* shape, int32_t ndim) {
+  int64_t n = 1;
+  for (int32_t i = 0; i < ndim; ++i) {
+    if (shape[i] == 0) return 0;
+  }
+  for (int32_t i = 0; i < ndim; ++i) {
+    if (n > std::numeric_limits<int64_t>::max() / shape[i]) {
+      fail(Status::shape, "shape " + shape_text(shape, ndim) + " has more than 2^63-1 elements");
+    }
+    n *= shape[i];
+  }
+  return n;
+}
+
+AxisPlan resolve_axes(const std::vector<int32_t>& axes, const int64_t* shape, int32_t ndim) {
+  check_rank(ndim);
+  check_sizes(shape, ndim);
+  AxisPlan plan;
+  plan.rank = ndim;
+  plan.kept.assign(ndim, false);
+  plan.kept_sizes.assign(ndim, 0);
+  if (axes.empty()) fail(Status::invalid_argument, "axes is empty; at least one axis is required");
+  for (int32_t a : axes) {
+    if (a < -ndim || a >= ndim) {
+      fail(Status::invalid_argument, "axis " + std::to_string(a) + " is out of range for an input of rank " +
+                                         std::to_string(ndim) + " (expected -" + std::to_string(ndim) +
+                                         " to " + std::to_string(ndim - 1) + ")");
+    }
+    const int32_t r = a < 0 ? a + ndim : a;
+    if (plan.kept[r]) {
+      fail(Status::invalid_argument, "axis " + std::to_string(a) + " repeats axis " + std::to_string(r) +
+                                         " for an input of rank " + std::to_string(ndim));
+    }
+    plan.kept[r] = true;
+  }
+  plan.features = 1;
+  for (int32_t d = 0; d < ndim; ++d) {
+    if (!plan.kept[d]) continue;
+    if (shape[d] < 1) {
+      fail(Status::shape, "input_shape[" + std::to_string(d) + "]=" + std::to_string(shape[d]) +
+                              " is a normalized axis and must be at least 1");
+    }
+    if (plan.features > std::numeric_limits<int32_t>::max() / shape[d]) {
+      fail(Status::shape, "the normalized axes of input_shape " + shape_text(shape, ndim) +
+                              " hold more than 2^31-1 features");
+    }
+    plan.features *= shape[d];
+    plan.kept_sizes[d] = shape[d];
+  }
+  return plan;
+}
+
+void check_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
+  check_rank(ndim);
+  if (ndim != axes.rank) {
+    fail(Status::shape, "ndim=" + std::to_string(ndim) + " but the layer was built for rank " +
+                            std::to_string(axes.rank));
+  }
+  check_sizes(shape, ndim);
+  for (int32_t d = 0; d < ndim; ++d) {
+    if (axes.kept[d] && shape[d] != axes.kept_sizes[d]) {
+      fail(Status::shape, "shape[" + std::to_string(d) + "]=" + std::to_string(shape[d]) +
+                              " but the layer was built for " + std::to_string(axes.kept_sizes[d]) +
+                              " on this normalized axis");
+    }
+  }
+  element_count(shape, ndim);
+}
+
+ShapePlan plan_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
+  check_shape(axes, shape, ndim);
+  ShapePlan p;
+  p.ndim = ndim;
+  for (int32_t d = 0; d < ndim; ++d) p.shape[d] = shape[d];
+  p.elements = element_count(shape, ndim);
+  p.per_feature = p.elements / axes.features;
+
+  int32_t first = 0, last = ndim - 1;
+  while (!axes.kept[first]) ++first;
+  while (!axes.kept[last]) --last;
+  kernels::Geometry& g = p.geometry;
+  g.features = axes.features;
+  g.outer = 1;
+  g.inner = 1;
+  for (int32_t d = 0; d < first; ++d) g.outer *= shape[d];
+  for (int32_t d = last + 1; d < ndim; ++d) g.inner *= shape[d];
+  // Span dims, neighbours of one kind merged; feature strides row-major over kept dims.
+  g.span = 1;
+  g.span_dims = 0;
+  int64_t fstride = 1;
+  for (int32_t d = last; d >= first; --d) {
+    const bool kept = axes.kept[d];
+    const int64_t size = shape[d];
+    g.span *= size;
+    const bool merge = g.span_dims > 0 && (g.span_fstrides[0] != 0) == kept;
+    if (merge) {
+      g.span_sizes[0] *= size;
+    } else {
+      // Insert a new dim at the front (we walk from the last dim backwards).
+      for (int i = g.span_dims; i > 0; --i) {
+        g.span_sizes[i] = g.span_sizes[i - 1];
+        g.span_fstrides[i] = g.span_fstrides[i - 1];
+      }
+      g.span_sizes[0] = size;
+      g.span_fstrides[0] = kept ? fstride : 0;
+      ++g.span_dims;
+    }
+    if (kept) fstride *= size;
+  }
+
+  BlockGrid& grid = p.grid;
+  if (p.elements == 0) return p;  // nothing to compute; o_blocks = 0
+  const int64_t inner = g.inner;
+  const int64_t o_min = std::max<int64_t>(1, (kMinPerPartial + inner - 1) / inner);
+  if (g.identity()) {
+    const int64_t per_s = inner * o_min;
+    grid.s_chunk = std::min(g.span, std::max<int64_t>(1, kBlockTarget / per_s));
+    grid.o_chunk = std::min(g.outer, std::max(o_min, kBlockTarget / std::max<int64_t>(1, grid.s_chunk * inner)));
+  } else {
+    // Kept axes separated by reduced ones: a block covers the whole span, so every
+    // block holds every feature.
+    grid.s_chunk = g.span;
+    const int64_t per_o = g.span * inner;
+    grid.o_chunk = std::min(g.outer, std::max<int64_t>(1, kBlockTarget / per_o));
+  }
+  grid.o_chunk = std::max<int64_t>(1, grid.o_chunk);
+  grid.o_blocks = (g.outer + grid.o_chunk - 1) / grid.o_chunk;
+  grid.s_blocks = (g.span + grid.s_chunk - 1) / grid.s_chunk;
+  return p;
+}
+
+}  // namespace bn
