@@ -32,8 +32,8 @@ void stats_ref(const StatsArgs<T>& a, const Block& b) {
   const Geometry& g = a.geometry;
   int64_t f0, f1;
   feature_range(g, b, f0, f1);
-  const double rows_per_feature = static_cast<double>(g.span / g.features);
-  const double count = static_cast<double>(b.o1 - b.o0) * static_cast<double>(g.inner) * rows_per_feature;
+  const int64_t span_per_feature = g.span / g.features;  // exact: the span holds every feature equally often
+  const double count = static_cast<double>((b.o1 - b.o0) * g.inner * span_per_feature);
   // Pass 1: block mean per feature.
   for (int64_t f = f0; f < f1; ++f) a.mean[f] = 0.0;
   for_each_row<T>(g, b, [&](int64_t base, int64_t f) {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the build tree into a fresh prefix, then builds and runs a consumer against the
+# installed files only: once with find_package(batchnorm 1) and once with pkg-config.
+set -euo pipefail
+build_dir=$1 source_dir=$2 work=$3
+rm -rf "$work" && mkdir -p "$work"
+prefix=$work/prefix
+cmake --install "$build_dir" --prefix "$prefix" >/dev/null
+libdir=$(dirname "$(find "$prefix" -name 'libbatchnorm.so.1' | head -n 1)")
+test -L "$libdir/libbatchnorm.so" && test -L "$libdir/libbatchnorm.so.1"
+
+# 1. CMake package.
+cmake -S "$source_dir/tests/package/consumer" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$work/cmake" >/dev/null
+LD_LIBRARY_PATH=$libdir "$work/cmake/consumer"
+
+# 2. pkg-config.
+export PKG_CONFIG_PATH=$libdir/pkgconfig
+cc -std=c99 -Wall -Werror "$source_dir/tests/package/consumer/main.c" -o "$work/pc_consumer" \
+  $(pkg-config --cflags --libs batchnorm) -lm
+LD_LIBRARY_PATH=$libdir "$work/pc_consumer"
