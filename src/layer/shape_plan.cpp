@@ -29,10 +29,10 @@ void check_rank(int32_t ndim) {
   }
 }
 
-void check_sizes(const int64_t* shape, int32_t ndim) {
+void check_sizes(const int64_t* shape, int32_t ndim, const char* name) {
   for (int32_t i = 0; i < ndim; ++i) {
     if (shape[i] < 0) {
-      fail(Status::shape, "shape[" + std::to_string(i) + "]=" + std::to_string(shape[i]) +
+      fail(Status::shape, std::string(name) + "[" + std::to_string(i) + "]=" + std::to_string(shape[i]) +
                               " is negative in shape " + shape_text(shape, ndim));
     }
   }
@@ -56,7 +56,7 @@ int64_t element_count(const int64_t* shape, int32_t ndim) {
 
 AxisPlan resolve_axes(const std::vector<int32_t>& axes, const int64_t* shape, int32_t ndim) {
   check_rank(ndim);
-  check_sizes(shape, ndim);
+  check_sizes(shape, ndim, "input_shape");
   AxisPlan plan;
   plan.rank = ndim;
   plan.kept.assign(ndim, false);
@@ -98,7 +98,7 @@ void check_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
     fail(Status::shape, "ndim=" + std::to_string(ndim) + " but the layer was built for rank " +
                             std::to_string(axes.rank));
   }
-  check_sizes(shape, ndim);
+  check_sizes(shape, ndim, "shape");
   for (int32_t d = 0; d < ndim; ++d) {
     if (axes.kept[d] && shape[d] != axes.kept_sizes[d]) {
       fail(Status::shape, "shape[" + std::to_string(d) + "]=" + std::to_string(shape[d]) +
