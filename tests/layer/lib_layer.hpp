@@ -1,0 +1,48 @@
+// A thin test-side handle over the C API: builds a bn_config from a RefConfig and moves
+// tensors between std::vector<double> and the layer's dtype, so that tests can feed the
+// same values to the library and to the reference model.
+#pragma once
+
+#include <batchnorm/batchnorm.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace bn_test {
+
+// Applies every setter of `cfg`; returns the first failing status (and destroys the config).
+bn_status make_config(const RefConfig& cfg, bn_config** out);
+
+class LibLayer {
+ public:
+  LibLayer() = default;
+  ~LibLayer() { bn_destroy(layer_); }
+  LibLayer(const LibLayer&) = delete;
+  LibLayer& operator=(const LibLayer&) = delete;
+
+  // Status of the config setters or of bn_create; valid() is false on failure.
+  bn_status create(const RefConfig& cfg, const std::vector<int64_t>& shape);
+  bool valid() const { return layer_ != nullptr; }
+  bn_layer* get() const { return layer_; }
+  int64_t features() const { return bn_num_features(layer_); }
+  int fused() const;
+
+  bn_status forward(const std::vector<int64_t>& shape, const std::vector<double>& x, std::vector<double>& y);
+  bn_status backward(const std::vector<int64_t>& shape, const std::vector<double>& x, const std::vector<double>& dy,
+                     std::vector<double>& dx, std::vector<double>& dgamma, std::vector<double>& dbeta);
+  bn_status get_param(bn_param which, std::vector<double>& out) const;
+  std::vector<double> param(bn_param which) const;  // empty on failure
+  bn_status set_param(bn_param which, const std::vector<double>& values);
+
+ private:
+  bn_layer* layer_ = nullptr;
+  RefDtype dtype_ = RefDtype::f32;
+};
+
+// A message for INFO: status name and bn_last_error().
+std::string status_text(bn_status status);
+
+}  // namespace bn_test
