@@ -35,6 +35,13 @@ struct Block {
   int64_t o0, o1, s0, s1;
 };
 
+// Features a block touches: [s0, s1) for a single kept group; all of them otherwise (a block
+// then covers the whole span).
+inline void block_features(const Geometry& g, const Block& b, int64_t& f0, int64_t& f1) {
+  f0 = g.identity() ? b.s0 : 0;
+  f1 = g.identity() ? b.s1 : g.features;
+}
+
 // Walks span positions s0, s0+1, ... and yields the feature index of each.
 class SpanCursor {
  public:
@@ -72,39 +79,45 @@ struct StatsArgs {
   double* m2;
 };
 
-// y = (x - center[f]) * scale[f] + shift[f], computed in double, rounded once.
+// y = fma(x - center[f], scale[f], shift[f]), computed in T. The layer folds the
+// transform so that this is exact to a few ulps even for large means: center is the
+// batch mean rounded to T (so x - center is exact by Sterbenz' lemma near the mean),
+// and shift absorbs the rounding of the mean: shift = beta - (mean - center) * scale.
+// Being elementwise with one FMA, every ISA produces the same bits.
 template <class T>
 struct NormalizeArgs {
   Geometry geometry;
   const T* x;
   T* y;
-  const double* center;
-  const double* scale;
-  const double* shift;
+  const T* center;
+  const T* scale;
+  const T* shift;
 };
 
-// Backward reductions of one block: sum_dy[f] = sum dy, sum_dyxc[f] = sum dy*(x - center[f]).
+// Backward reductions of one block, accumulated in double:
+//   sum_dy[f] = sum dy,   sum_dyxc[f] = sum dy * (x - center[f])   (center in T).
 template <class T>
 struct BackwardSumsArgs {
   Geometry geometry;
   const T* x;
   const T* dy;
-  const double* center;
+  const T* center;
   double* sum_dy;  // partial row of this block
   double* sum_dyxc;
 };
 
-// dx = k_dy[f]*dy + k_x[f]*(x - center[f]) + k_c[f]   (see layer.cpp for the derivation).
+// dx = fma(k_dy[f], dy, fma(k_x[f], x - center[f], k_c[f])), computed in T
+// (see layer.cpp for the derivation and the folding of the centre's rounding).
 template <class T>
 struct BackwardDxArgs {
   Geometry geometry;
   const T* x;
   const T* dy;
   T* dx;
-  const double* center;
-  const double* k_dy;
-  const double* k_x;
-  const double* k_c;
+  const T* center;
+  const T* k_dy;
+  const T* k_x;
+  const T* k_c;
 };
 
 template <class T>
@@ -119,8 +132,12 @@ struct KernelTable {
 // The scalar reference kernels: always present; fallback and test oracle.
 const KernelTable<float>& reference_f32();
 const KernelTable<double>& reference_f64();
+// The float tables of one ISA by name ("ref", "avx2", "avx512"); nullptr where this CPU
+// lacks the ISA. Lets the tests run every table the machine can execute.
+const KernelTable<float>* kernels_for_isa_f32(const char* isa);
 
-// The kernels chosen once for this CPU (dispatch.cpp).
+// The kernels chosen once for this CPU (dispatch.cpp): the widest ISA the CPU has, or the
+// one named by the environment variable BN_ISA (ref, avx2, avx512) when the CPU has it.
 template <class T>
 const KernelTable<T>& selected();
 

@@ -15,23 +15,11 @@ inline void for_each_row(const Geometry& g, const Block& b, Visit&& visit) {
   }
 }
 
-// Features a block touches: [s0, s1) for a single kept group, all of them otherwise
-// (a block then covers the whole span).
-inline void feature_range(const Geometry& g, const Block& b, int64_t& f0, int64_t& f1) {
-  if (g.identity()) {
-    f0 = b.s0;
-    f1 = b.s1;
-  } else {
-    f0 = 0;
-    f1 = g.features;
-  }
-}
-
 template <class T>
 void stats_ref(const StatsArgs<T>& a, const Block& b) {
   const Geometry& g = a.geometry;
   int64_t f0, f1;
-  feature_range(g, b, f0, f1);
+  block_features(g, b, f0, f1);
   const int64_t span_per_feature = g.span / g.features;  // exact: the span holds every feature equally often
   const double count = static_cast<double>((b.o1 - b.o0) * g.inner * span_per_feature);
   // Pass 1: block mean per feature.
@@ -57,31 +45,37 @@ void stats_ref(const StatsArgs<T>& a, const Block& b) {
   });
 }
 
+// a*b + c as the SIMD kernels' FMA computes it, without needing an FMA unit: for float the
+// product is exact in double and the sum is rounded (almost always to the same float); for
+// double, two roundings.
+inline float fma_like(float a, float b, float c) {
+  return static_cast<float>(static_cast<double>(a) * static_cast<double>(b) + static_cast<double>(c));
+}
+inline double fma_like(double a, double b, double c) { return a * b + c; }
+
 template <class T>
 void normalize_ref(const NormalizeArgs<T>& a, const Block& b) {
   for_each_row<T>(a.geometry, b, [&](int64_t base, int64_t f) {
-    const double c = a.center[f], k = a.scale[f], t = a.shift[f];
-    for (int64_t i = 0; i < a.geometry.inner; ++i) {
-      a.y[base + i] = static_cast<T>((static_cast<double>(a.x[base + i]) - c) * k + t);
-    }
+    const T c = a.center[f], k = a.scale[f], t = a.shift[f];
+    for (int64_t i = 0; i < a.geometry.inner; ++i) a.y[base + i] = fma_like(a.x[base + i] - c, k, t);
   });
 }
 
 template <class T>
 void backward_sums_ref(const BackwardSumsArgs<T>& a, const Block& b) {
   int64_t f0, f1;
-  feature_range(a.geometry, b, f0, f1);
+  block_features(a.geometry, b, f0, f1);
   for (int64_t f = f0; f < f1; ++f) {
     a.sum_dy[f] = 0.0;
     a.sum_dyxc[f] = 0.0;
   }
   for_each_row<T>(a.geometry, b, [&](int64_t base, int64_t f) {
-    const double c = a.center[f];
+    const T c = a.center[f];
     double sdy = 0.0, sdx = 0.0;
     for (int64_t i = 0; i < a.geometry.inner; ++i) {
       const double dy = static_cast<double>(a.dy[base + i]);
       sdy += dy;
-      sdx += dy * (static_cast<double>(a.x[base + i]) - c);
+      sdx += dy * static_cast<double>(a.x[base + i] - c);
     }
     a.sum_dy[f] += sdy;
     a.sum_dyxc[f] += sdx;
@@ -91,11 +85,9 @@ void backward_sums_ref(const BackwardSumsArgs<T>& a, const Block& b) {
 template <class T>
 void backward_dx_ref(const BackwardDxArgs<T>& a, const Block& b) {
   for_each_row<T>(a.geometry, b, [&](int64_t base, int64_t f) {
-    const double c = a.center[f], kdy = a.k_dy[f], kx = a.k_x[f], kc = a.k_c[f];
+    const T c = a.center[f], kdy = a.k_dy[f], kx = a.k_x[f], kc = a.k_c[f];
     for (int64_t i = 0; i < a.geometry.inner; ++i) {
-      const double dy = static_cast<double>(a.dy[base + i]);
-      const double xc = static_cast<double>(a.x[base + i]) - c;
-      a.dx[base + i] = static_cast<T>(kdy * dy + kx * xc + kc);
+      a.dx[base + i] = fma_like(kdy, a.dy[base + i], fma_like(kx, a.x[base + i] - c, kc));
     }
   });
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "kernels/kernels.hpp"
 #include "layer/error.hpp"
@@ -53,6 +54,17 @@ std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype) {
   }
   if (dtype == DType::f64) return "fused=True is only supported for 16- and 32-bit floats (got float64)";
   return "";
+}
+
+// The normalization y = (x - mean)*k + t, folded for kernels computing
+// fma(x - center, k1, k2) in T: center = T(mean) makes x - center exact near the mean
+// (Sterbenz), and the shift absorbs the rounding of the mean.
+template <class T>
+void fold_normalize(PerFeature<T>& out, size_t f, double mean, double k, double t) {
+  const T center = static_cast<T>(mean);
+  out.center[f] = center;
+  out.k1[f] = static_cast<T>(k);
+  out.k2[f] = static_cast<T>(t - (mean - static_cast<double>(center)) * k);
 }
 
 }  // namespace
@@ -153,15 +165,18 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
   moving_variance_.assign(c, 1.0);
   batch_mean_.assign(c, 0.0);
   batch_variance_.assign(c, 0.0);
-  infer_scale_.assign(c, 0.0);
   saved_inv_std_.assign(c, 0.0);
   work_a_.assign(c, 0.0);
   work_b_.assign(c, 0.0);
   work_c_.assign(c, 0.0);
   work_d_.assign(c, 0.0);
-  coef_dy_.assign(c, 0.0);
-  coef_x_.assign(c, 0.0);
-  coef_c_.assign(c, 0.0);
+  if (config_.dtype == DType::f64) {
+    infer_f64_.resize(c);
+    call_f64_.resize(c);
+  } else {
+    infer_f32_.resize(c);
+    call_f32_.resize(c);
+  }
   refresh_inference_transform();
 }
 
@@ -174,20 +189,45 @@ double Layer::round_param(double v) const {
   return config_.dtype == DType::f64 ? v : static_cast<double>(static_cast<float>(v));
 }
 
+template <class T>
+PerFeature<T>& Layer::inference_constants() {
+  if constexpr (std::is_same_v<T, float>) return infer_f32_; else return infer_f64_;
+}
+template <class T>
+const PerFeature<T>& Layer::inference_constants() const {
+  if constexpr (std::is_same_v<T, float>) return infer_f32_; else return infer_f64_;
+}
+template <class T>
+PerFeature<T>& Layer::call_constants() {
+  if constexpr (std::is_same_v<T, float>) return call_f32_; else return call_f64_;
+}
+
+// Training forwards leave the transform stale (it is needed only once the layer normalizes
+// with the moving statistics again); every change into inference mode refreshes it, so
+// inference forwards, which may run concurrently, only read it.
 void Layer::refresh_inference_transform() {
-  for (size_t f = 0; f < infer_scale_.size(); ++f) {
-    infer_scale_[f] = gamma_[f] / std::sqrt(moving_variance_[f] + epsilon_);
+  if (!inference_stale_) return;
+  inference_stale_ = false;
+  for (size_t f = 0; f < gamma_.size(); ++f) {
+    const double k = gamma_[f] / std::sqrt(moving_variance_[f] + epsilon_);
+    if (config_.dtype == DType::f64) {
+      fold_normalize(infer_f64_, f, moving_mean_[f], k, beta_[f]);
+    } else {
+      fold_normalize(infer_f32_, f, moving_mean_[f], k, beta_[f]);
+    }
   }
 }
 
 void Layer::set_training(bool training) {
   Access access(users_, true);
   training_ = training;
+  if (!uses_batch_statistics()) refresh_inference_transform();
 }
 
 void Layer::set_trainable(bool trainable) {
   Access access(users_, true);
   config_.trainable = trainable;
+  if (!uses_batch_statistics()) refresh_inference_transform();
 }
 
 void Layer::set_momentum(double momentum) {
@@ -252,7 +292,8 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const void* x, void* y) 
 template <class T>
 void Layer::forward_inference(const ShapePlan& plan, const T* x, T* y) const {
   const auto& k = kernels::selected<T>();
-  const kernels::NormalizeArgs<T> args{plan.geometry, x, y, moving_mean_.data(), infer_scale_.data(), beta_.data()};
+  const PerFeature<T>& pf = inference_constants<T>();
+  const kernels::NormalizeArgs<T> args{plan.geometry, x, y, pf.center.data(), pf.k1.data(), pf.k2.data()};
   executor_.for_blocks(plan.grid.count(), [&](int64_t b) { k.normalize(args, plan.grid.block(plan.geometry, b)); });
 }
 
@@ -267,32 +308,48 @@ void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
   const BlockGrid& grid = plan.grid;
   const int64_t c = axes_.features;
   const auto& k = kernels::selected<T>();
+  PerFeature<T>& pf = call_constants<T>();
+  // Per feature: keep mean and biased variance, and fold y = (x - mean)*gamma/sqrt(var + eps) + beta.
+  auto transform = [&](int64_t f, double mean, double var) {
+    work_a_[f] = mean;
+    work_b_[f] = var;
+    work_d_[f] = 1.0 / std::sqrt(var + epsilon_);
+    fold_normalize(pf, static_cast<size_t>(f), mean, gamma_[f] * work_d_[f], beta_[f]);
+  };
+  const kernels::NormalizeArgs<T> norm{g, x, y, pf.center.data(), pf.k1.data(), pf.k2.data()};
 
   if (plan.elements > 0) {
-    // Pass 1: per-block two-pass moments, then Chan's merge in block order per feature.
-    executor_.for_blocks(grid.count(), [&](int64_t b) {
-      const int64_t bo = b / grid.s_blocks;
-      const kernels::StatsArgs<T> args{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c};
-      k.stats(args, grid.block(g, b));
-    });
-    executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
-      const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
-      for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
-        kernels::Moments acc;
-        for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
-          kernels::merge_into(acc, grid.count_per_feature(g, bo), partial_a_[bo * c + f], partial_b_[bo * c + f]);
+    if (grid.o_blocks == 1) {
+      // Every block holds all rows of its features, so its statistics are final: normalize
+      // it right away, while it is still in cache (x is read from memory once).
+      executor_.for_blocks(grid.count(), [&](int64_t b) {
+        const kernels::Block block = grid.block(g, b);
+        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data(), partial_b_.data()}, block);
+        const double count = grid.count_per_feature(g, 0);
+        int64_t f0, f1;
+        kernels::block_features(g, block, f0, f1);
+        for (int64_t f = f0; f < f1; ++f) transform(f, partial_a_[f], std::max(0.0, partial_b_[f] / count));
+        k.normalize(norm, block);
+      });
+    } else {
+      // Per-block two-pass moments, Chan's merge in block order per feature, then normalize.
+      executor_.for_blocks(grid.count(), [&](int64_t b) {
+        const int64_t bo = b / grid.s_blocks;
+        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c},
+                grid.block(g, b));
+      });
+      executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
+        const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
+        for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
+          kernels::Moments acc;
+          for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+            kernels::merge_into(acc, grid.count_per_feature(g, bo), partial_a_[bo * c + f], partial_b_[bo * c + f]);
+          }
+          transform(f, acc.mean, std::max(0.0, acc.m2 / acc.count));
         }
-        work_a_[f] = acc.mean;
-        work_b_[f] = std::max(0.0, acc.m2 / acc.count);  // biased batch variance
-      }
-    });
-    // Folded transform: y = (x - mean) * (gamma / sqrt(var + eps)) + beta.
-    for (int64_t f = 0; f < c; ++f) {
-      work_d_[f] = 1.0 / std::sqrt(work_b_[f] + epsilon_);
-      work_c_[f] = gamma_[f] * work_d_[f];
+      });
+      executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(norm, grid.block(g, b)); });
     }
-    const kernels::NormalizeArgs<T> args{g, x, y, work_a_.data(), work_c_.data(), beta_.data()};
-    executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(args, grid.block(g, b)); });
 
     // Commit: nothing below can fail.
     // Moving statistics (SEMANTICS B.1/B.2): the fused path feeds the Bessel-corrected
@@ -324,7 +381,7 @@ void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
     batch_mean_.swap(work_a_);
     batch_variance_.swap(work_b_);
     saved_inv_std_.swap(work_d_);
-    refresh_inference_transform();
+    inference_stale_ = true;
   }
   // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
   // zero-size inputs); it still has a (zero) gradient.
@@ -343,6 +400,8 @@ void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
 //      = (g*s)*dy  +  (-g*s^3 * Sxc / m)*(x - mean)  +  (-g*s * Sdy / m)
 //   with Sdy = sum dy and Sxc = sum dy*(x - mean);  dgamma = s*Sxc;  dbeta = Sdy.
 // Inference (moving statistics are constants): dx = (g*s_mv)*dy, dgamma = s_mv * sum dy*(x - mm).
+// The kernels take the sums around c = T(mean) and compute x - c in T; with delta = mean - c:
+//   Sxc = sum dy*(x - c) - delta*Sdy,   k_x*(x - mean) + k_c = k_x*(x - c) + (k_c - k_x*delta).
 void Layer::backward(const int64_t* shape, int32_t ndim, const void* x, const void* dy, void* dx, void* dgamma,
                      void* dbeta) {
   Access exclusive(users_, true);
@@ -356,27 +415,27 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const void* x, const vo
                             shape_text(saved_.shape, saved_.ndim) + " of the most recent bn_forward");
   }
   const ShapePlan& plan = plan_for(shape, ndim);
-  const auto c = static_cast<size_t>(axes_.features);
+  const bool param_grads = (dgamma || dbeta) && config_.trainable && (config_.scale || config_.center);
+  if (config_.dtype == DType::f64) {
+    backward_impl(plan, static_cast<const double*>(x), static_cast<const double*>(dy), static_cast<double*>(dx),
+                  param_grads);
+  } else {
+    backward_impl(plan, static_cast<const float*>(x), static_cast<const float*>(dy), static_cast<float*>(dx),
+                  param_grads);
+  }
+  // work_c_ holds dgamma, work_d_ dbeta (zero where the parameter is absent or frozen).
   std::vector<double>& dg = work_c_;
   std::vector<double>& db = work_d_;
-  if (config_.dtype == DType::f64) {
-    backward_impl(plan, static_cast<const double*>(x), static_cast<const double*>(dy), static_cast<double*>(dx), dg,
-                  db);
-  } else {
-    backward_impl(plan, static_cast<const float*>(x), static_cast<const float*>(dy), static_cast<float*>(dx), dg, db);
-  }
-  const bool train_params = config_.trainable;
-  for (size_t f = 0; f < c; ++f) {
-    if (!train_params || !config_.scale) dg[f] = 0.0;
-    if (!train_params || !config_.center) db[f] = 0.0;
+  for (size_t f = 0; f < dg.size(); ++f) {
+    dg[f] = param_grads && config_.scale ? round_param(dg[f]) : 0.0;
+    db[f] = param_grads && config_.center ? round_param(db[f]) : 0.0;
   }
   if (dgamma) write_params(dg, dgamma);
   if (dbeta) write_params(db, dbeta);
 }
 
 template <class T>
-void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx, std::vector<double>& dgamma,
-                          std::vector<double>& dbeta) {
+void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx, bool param_grads) {
   const int64_t c = axes_.features;
   const kernels::Geometry& g = plan.geometry;
   const BlockGrid& grid = plan.grid;
@@ -384,20 +443,56 @@ void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx,
   const bool batch = saved_.batch_statistics;
   const std::vector<double>& center = batch ? batch_mean_ : moving_mean_;
   std::vector<double>& inv = work_b_;
+  std::vector<double>& dgamma = work_c_;
+  std::vector<double>& dbeta = work_d_;
+  PerFeature<T>& pf = call_constants<T>();
   for (int64_t f = 0; f < c; ++f) {
     inv[f] = batch ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+    pf.center[f] = static_cast<T>(center[f]);
+    dgamma[f] = 0.0;
+    dbeta[f] = 0.0;
   }
-  std::vector<double>& sdy = work_a_;
-  std::fill(sdy.begin(), sdy.end(), 0.0);
-  std::fill(dgamma.begin(), dgamma.end(), 0.0);  // holds Sxc until the end
-  if (plan.elements == 0) {
-    std::fill(dbeta.begin(), dbeta.end(), 0.0);
+  if (plan.elements == 0) return;
+  const double m = static_cast<double>(plan.per_feature);
+  // From the sums of feature f (taken around pf.center): parameter gradients and dx constants.
+  auto coefficients = [&](int64_t f, double sdy, double sxc_c) {
+    const double delta = center[f] - static_cast<double>(pf.center[f]);
+    const double sxc = sxc_c - delta * sdy;
+    dgamma[f] = inv[f] * sxc;
+    dbeta[f] = sdy;
+    const double k_dy = gamma_[f] * inv[f];
+    const double k_x = batch ? -(k_dy * inv[f] * inv[f] * sxc) / m : 0.0;
+    const double k_c = batch ? -(k_dy * sdy) / m : 0.0;
+    pf.k1[f] = static_cast<T>(k_dy);
+    pf.k2[f] = static_cast<T>(k_x);
+    pf.k3[f] = static_cast<T>(k_c - k_x * delta);
+  };
+  const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data()};
+  const kernels::BackwardDxArgs<T> dx_args{g, x, dy, dx, pf.center.data(), pf.k1.data(), pf.k2.data(), pf.k3.data()};
+
+  if (!batch && !param_grads) {
+    // Inference without parameter gradients: dx = (g*s_mv)*dy needs no reduction.
+    for (int64_t f = 0; f < c; ++f) coefficients(f, 0.0, 0.0);
+    if (dx) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
+    return;
+  }
+  if (grid.o_blocks == 1) {
+    // Blocks hold all rows of their features: sums, constants and dx while x and dy are in cache.
+    executor_.for_blocks(grid.count(), [&](int64_t b) {
+      const kernels::Block block = grid.block(g, b);
+      k.backward_sums(sums, block);
+      int64_t f0, f1;
+      kernels::block_features(g, block, f0, f1);
+      for (int64_t f = f0; f < f1; ++f) coefficients(f, partial_a_[f], partial_b_[f]);
+      if (dx) k.backward_dx(dx_args, block);
+    });
     return;
   }
   executor_.for_blocks(grid.count(), [&](int64_t b) {
     const int64_t bo = b / grid.s_blocks;
-    const kernels::BackwardSumsArgs<T> args{g, x, dy, center.data(), partial_a_.data() + bo * c,
-                                            partial_b_.data() + bo * c};
+    kernels::BackwardSumsArgs<T> args = sums;
+    args.sum_dy = partial_a_.data() + bo * c;
+    args.sum_dyxc = partial_b_.data() + bo * c;
     k.backward_sums(args, grid.block(g, b));
   });
   executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
@@ -408,25 +503,10 @@ void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx,
         a += partial_a_[bo * c + f];
         b += partial_b_[bo * c + f];
       }
-      sdy[f] = a;
-      dgamma[f] = b;
+      coefficients(f, a, b);
     }
   });
-  if (dx) {
-    const double m = static_cast<double>(plan.per_feature);
-    for (int64_t f = 0; f < c; ++f) {
-      coef_dy_[f] = gamma_[f] * inv[f];
-      coef_x_[f] = batch ? -(coef_dy_[f] * inv[f] * inv[f] * dgamma[f]) / m : 0.0;
-      coef_c_[f] = batch ? -(coef_dy_[f] * sdy[f]) / m : 0.0;
-    }
-    const kernels::BackwardDxArgs<T> args{g, x, dy, dx, center.data(), coef_dy_.data(), coef_x_.data(),
-                                          coef_c_.data()};
-    executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(args, grid.block(g, b)); });
-  }
-  for (int64_t f = 0; f < c; ++f) {
-    dgamma[f] = round_param(dgamma[f] * inv[f]);
-    dbeta[f] = round_param(sdy[f]);
-  }
+  if (dx) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
 }
 
 // ---------------------------------------------------------------------------
@@ -504,7 +584,8 @@ void Layer::set_param(Param which, const void* values, int64_t count) {
   }
   for (int64_t i = 0; i < count; ++i) (*target)[static_cast<size_t>(i)] = value(i);
   saved_.valid = false;
-  refresh_inference_transform();
+  inference_stale_ = true;
+  if (!uses_batch_statistics()) refresh_inference_transform();
 }
 
 }  // namespace bn

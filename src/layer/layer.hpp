@@ -26,6 +26,18 @@ enum class Param : int32_t {
   moving_stddev = 8,
 };
 
+// Per-feature constants handed to the kernels, in the kernels' element type.
+template <class T>
+struct PerFeature {
+  std::vector<T> center, k1, k2, k3;
+  void resize(size_t n) {
+    center.assign(n, T(0));
+    k1.assign(n, T(0));
+    k2.assign(n, T(0));
+    k3.assign(n, T(0));
+  }
+};
+
 class Layer {
  public:
   // Throws Error for a configuration that does not fit the shape (or that Keras refuses).
@@ -59,8 +71,10 @@ class Layer {
   const ShapePlan& plan_for(const int64_t* shape, int32_t ndim);
   template <class T> void forward_training(const ShapePlan& plan, const T* x, T* y);
   template <class T> void forward_inference(const ShapePlan& plan, const T* x, T* y) const;
-  template <class T> void backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx,
-                                        std::vector<double>& dgamma, std::vector<double>& dbeta);
+  template <class T> void backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx, bool param_grads);
+  template <class T> PerFeature<T>& inference_constants();
+  template <class T> const PerFeature<T>& inference_constants() const;
+  template <class T> PerFeature<T>& call_constants();
   void write_params(const std::vector<double>& values, void* out) const;
 
   Config config_;
@@ -74,9 +88,12 @@ class Layer {
   std::vector<double> batch_mean_, batch_variance_;  // last training forward, full precision
   int64_t updates_ = 0;                               // training steps taken (cumulative average)
 
-  // The folded inference transform y = (x - center)*scale + shift, kept current so that
-  // concurrent inference forwards only read.
-  std::vector<double> infer_scale_;
+  // The folded inference transform (center, scale, shift), kept current so that concurrent
+  // inference forwards only read; and the per-call constants of training calls. Only the
+  // layer's element type is sized.
+  PerFeature<float> infer_f32_, call_f32_;
+  PerFeature<double> infer_f64_, call_f64_;
+  bool inference_stale_ = true;  // fresh whenever uses_batch_statistics() is false
 
   // The most recent forward, for the backward.
   struct Saved {
@@ -94,7 +111,6 @@ class Layer {
   bool plan_valid_ = false;
   std::vector<double> partial_a_, partial_b_;
   std::vector<double> work_a_, work_b_, work_c_, work_d_;
-  std::vector<double> coef_dy_, coef_x_, coef_c_;  // backward dx coefficients
 
   parallel::Executor executor_;
   mutable std::atomic<int32_t> users_{0};  // >0 shared users, -1 exclusive

@@ -15,6 +15,15 @@ namespace {
 // bounds the partial storage to a small fraction of the tensor.
 constexpr int64_t kBlockTarget = int64_t{1} << 15;
 constexpr int64_t kMinPerPartial = 256;
+// Features-first layouts whose per-feature slice (all rows of one feature) holds at most
+// this many elements get column blocks: a block holds every row of its features, so the
+// training forward and the backward finish a block while it is in cache (one read of x).
+constexpr int64_t kColumnBudget = int64_t{1} << 16;
+constexpr int64_t kMinPlanarInner = 16;
+// Features-last layouts: blocks of whole rows of up to kMaxRowBlock features, at least
+// kMinRowsInterleaved rows (so the partials stay at most 1/16 of x in bytes).
+constexpr int64_t kMaxRowBlock = 512;
+constexpr int64_t kMinRowsInterleaved = 64;
 
 std::string shape_text(const int64_t* shape, int32_t ndim) {
   std::string s = "(";
@@ -154,7 +163,17 @@ ShapePlan plan_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
   if (p.elements == 0) return p;  // nothing to compute; o_blocks = 0
   const int64_t inner = g.inner;
   const int64_t o_min = std::max<int64_t>(1, (kMinPerPartial + inner - 1) / inner);
-  if (g.identity()) {
+  if (g.identity() && inner >= kMinPlanarInner && g.outer * inner <= kColumnBudget) {
+    // Features first, small slices: column blocks (see kColumnBudget).
+    grid.o_chunk = g.outer;
+    grid.s_chunk = std::min(g.span, std::max<int64_t>(1, kBlockTarget / (g.outer * inner)));
+  } else if (g.identity() && inner == 1) {
+    // Features last: cache-sized blocks of row segments (up to kMaxRowBlock features) and at
+    // least kMinRowsInterleaved rows, so the partials stay a small fraction of x.
+    grid.s_chunk = std::min(g.span, kMaxRowBlock);
+    grid.o_chunk = std::min(g.outer, std::max(kMinRowsInterleaved, kBlockTarget / grid.s_chunk));
+  } else if (g.identity()) {
+    // Features first, large slices: cache-sized blocks of whole rows of few features.
     const int64_t per_s = inner * o_min;
     grid.s_chunk = std::min(g.span, std::max<int64_t>(1, kBlockTarget / per_s));
     grid.o_chunk = std::min(g.outer, std::max(o_min, kBlockTarget / std::max<int64_t>(1, grid.s_chunk * inner)));

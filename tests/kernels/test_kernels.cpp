@@ -1,4 +1,5 @@
-// The reference kernels (src/kernels) block by block against naive loops, over the
+// The reference kernels and every SIMD table the CPU can run (src/kernels), block by block
+// against naive loops, over the
 // geometries bn::plan_shape builds for many shapes: SIMD tail sizes 1..17, 31, 33, 63, 65,
 // 127, 129 along the contiguous dims, NCHW/NHWC/dense layouts, kept axes split by reduced
 // ones, and shapes large enough for many blocks in both grid directions.
@@ -140,13 +141,20 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
   const std::vector<double> xd = gen.normal(n, 1.0, 2.0, dt), dyd = gen.normal(n, 0.0, 1.0, dt);
   const std::vector<T> x(xd.begin(), xd.end()), dy(dyd.begin(), dyd.end());
   const auto cz = static_cast<size_t>(c);
-  const std::vector<double> center = gen.uniform_vector(cz, -1, 1, RefDtype::f64),
-                            scale = gen.uniform_vector(cz, -2, 2, RefDtype::f64),
-                            shift = gen.uniform_vector(cz, -1, 1, RefDtype::f64),
-                            k_x = gen.uniform_vector(cz, -1, 1, RefDtype::f64),
-                            k_c = gen.uniform_vector(cz, -1, 1, RefDtype::f64);
-  const double rel = 1e-11;  // double accumulation over <= 2^15 terms: far below this
-  const double out_rel = sizeof(T) == 4 ? 0x1p-23 : 1e-14;  // one rounding to T
+  // Per-feature constants are of the kernels' element type T (the layer folds them so).
+  const std::vector<double> center = gen.uniform_vector(cz, -1, 1, dt), scale = gen.uniform_vector(cz, -2, 2, dt),
+                            shift = gen.uniform_vector(cz, -1, 1, dt), k_x = gen.uniform_vector(cz, -1, 1, dt),
+                            k_c = gen.uniform_vector(cz, -1, 1, dt);
+  const std::vector<T> center_t(center.begin(), center.end()), scale_t(scale.begin(), scale.end()),
+      shift_t(shift.begin(), shift.end()), k_x_t(k_x.begin(), k_x.end()), k_c_t(k_c.begin(), k_c.end());
+  // Reductions: the reference and every f64 table accumulate each term in double (error far
+  // below 1e-11 of the summed magnitudes). The f32 SIMD tables add runs of up to 8 values per
+  // lane in float before widening to double (~8 ulps of float of the run's magnitude) and
+  // form x - c in float: 2e-6 of the summed magnitudes.
+  const bool float_runs = sizeof(T) == 4 && std::string(k.isa) != "ref";
+  const double rel = float_runs ? 2e-6 : 1e-11;
+  // Elementwise: x - c is formed in T (exact or one rounding), then one or two roundings to T.
+  const double out_rel = sizeof(T) == 4 ? 0x1p-21 : 1e-14;
 
   const size_t rows = static_cast<size_t>(grid.o_blocks) * cz;
   std::vector<double> pa(rows, kNaN), pb(rows, kNaN);      // stats partials
@@ -174,9 +182,10 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
     const std::vector<double> pa_before = pa, pb_before = pb, qa_before = qa, qb_before = qb;
     const size_t row = static_cast<size_t>(bo) * cz;
     k.stats({g, x.data(), pa.data() + row, pb.data() + row}, blk);
-    k.backward_sums({g, x.data(), dy.data(), center.data(), qa.data() + row, qb.data() + row}, blk);
-    k.normalize({g, x.data(), y.data(), center.data(), scale.data(), shift.data()}, blk);
-    k.backward_dx({g, x.data(), dy.data(), dx.data(), center.data(), scale.data(), k_x.data(), k_c.data()}, blk);
+    k.backward_sums({g, x.data(), dy.data(), center_t.data(), qa.data() + row, qb.data() + row}, blk);
+    k.normalize({g, x.data(), y.data(), center_t.data(), scale_t.data(), shift_t.data()}, blk);
+    k.backward_dx({g, x.data(), dy.data(), dx.data(), center_t.data(), scale_t.data(), k_x_t.data(), k_c_t.data()},
+                  blk);
 
     // Naive statistics of this block.
     const auto cnt = block_sum(info, fmap, c, [&](int64_t) { return 1.0L; });
@@ -190,8 +199,10 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
     const auto abs_x = block_sum(info, fmap, c, [&](int64_t e) { return std::fabs(static_cast<long double>(xd[e])); });
     const auto sdy = block_sum(info, fmap, c, [&](int64_t e) { return static_cast<long double>(dyd[e]); });
     const auto abs_dy = block_sum(info, fmap, c, [&](int64_t e) { return std::fabs(static_cast<long double>(dyd[e])); });
+    // The contract forms x - c in T (one rounding, or exact near c).
     const auto sdyxc = block_sum(info, fmap, c, [&](int64_t e) {
-      return static_cast<long double>(dyd[e]) * (xd[e] - center[static_cast<size_t>(fmap[e])]);
+      const T xc = x[static_cast<size_t>(e)] - center_t[static_cast<size_t>(fmap[e])];
+      return static_cast<long double>(dyd[e]) * static_cast<long double>(xc);
     });
     const auto abs_dyxc = block_sum(info, fmap, c, [&](int64_t e) {
       return std::fabs(static_cast<long double>(dyd[e])) * (std::fabs(xd[e]) + std::fabs(center[fmap[e]]));
@@ -206,7 +217,8 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
         }
         continue;
       }
-      const long double mag_x = abs_x[f] / cnt[f];
+      // Float runs sum x - x0 (x0 a value of the block): allow for |x - x0| <= |x| + |x0|.
+      const long double mag_x = abs_x[f] / cnt[f] * (float_runs ? 3.0L : 1.0L);
       auto near = [&](double got, long double want, long double mag) {
         return std::fabs(static_cast<long double>(got) - want) <= rel * mag;
       };
@@ -234,7 +246,7 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
   CHECK(failures == 0);
 }
 
-TEST_CASE("block grid and reference kernels against naive loops", "[kernels]") {
+TEST_CASE("block grid and every kernel table against naive loops", "[kernels]") {
   const size_t index = GENERATE(range(size_t{0}, kernel_cases().size()));
   const KernelCase& kc = kernel_cases()[index];
   CAPTURE(describe(kc));
@@ -265,23 +277,24 @@ TEST_CASE("block grid and reference kernels against naive loops", "[kernels]") {
 
   // Partial storage: o_blocks x features entries (checked per block in check_kernels).
   // It never exceeds the tensor, and for a single kept group every partial row except the
-  // last summarizes at least 256 values per feature (shape_plan.cpp's kMinPerPartial), so
-  // the rows are at most ceil(m/256) for m values per feature.
+  // last summarizes at least 64 values per feature (shape_plan.cpp's kMinPerPartial and
+  // kMinRowsInterleaved), so the rows are at most ceil(m/64) for m values per feature.
   const int64_t partial = grid.o_blocks * g.features;
   CHECK(partial <= std::max(g.features, p.elements));
   if (g.identity()) {
     const int64_t m = p.per_feature;
-    CHECK(grid.o_blocks <= std::max<int64_t>(1, (m + 255) / 256));
+    CHECK(grid.o_blocks <= std::max<int64_t>(1, (m + 63) / 64));
   }
 
   check_kernels(bn::kernels::reference_f32(), p, fmap);
   check_kernels(bn::kernels::reference_f64(), p, fmap);
-  // The kernels the layer dispatches to (today the same table).
-  if (&bn::kernels::selected<float>() != &bn::kernels::reference_f32()) {
-    check_kernels(bn::kernels::selected<float>(), p, fmap);
-  }
-  if (&bn::kernels::selected<double>() != &bn::kernels::reference_f64()) {
-    check_kernels(bn::kernels::selected<double>(), p, fmap);
+  // Every SIMD table this CPU can run (each instantiated for every tail above).
+  for (const char* isa : {"avx2", "avx512"}) {
+    if (const auto* table = bn::kernels::kernels_for_isa_f32(isa)) {
+      check_kernels(*table, p, fmap);
+    } else {
+      WARN("this CPU cannot run the " << isa << " kernels: not tested here");
+    }
   }
 }
 
