@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <exception>
 #include <new>
 #include <string>
@@ -99,6 +100,26 @@ std::string number(double v) {
 void check_momentum(double momentum) {
   if (!(momentum >= 0.0 && momentum <= 1.0)) {
     invalid("momentum=" + number(momentum) + " but it must be in [0, 1]");
+  }
+}
+
+
+void require_count(const bn_layer* layer, int64_t count) {
+  if (count != layer->layer.num_features()) {
+    bn::fail(bn::Status::shape, "count=" + std::to_string(count) + " but the layer has " +
+                                    std::to_string(layer->layer.num_features()) + " features");
+  }
+}
+
+// Scales each output row of the weights and folds the bias, in the parameter element type T.
+template <class T>
+void fold_into(const std::vector<double>& scale, const std::vector<double>& shift, T* weights, int64_t per_feature,
+               const T* bias, T* bias_out) {
+  for (size_t o = 0; o < scale.size(); ++o) {
+    T* row = weights ? weights + static_cast<int64_t>(o) * per_feature : nullptr;
+    for (int64_t k = 0; row && k < per_feature; ++k) row[k] = static_cast<T>(static_cast<double>(row[k]) * scale[o]);
+    const double b = bias ? static_cast<double>(bias[o]) : 0.0;
+    bias_out[o] = static_cast<T>(b * scale[o] + shift[o]);
   }
 }
 
@@ -382,6 +403,51 @@ bn_status bn_set_param(bn_layer* layer, bn_param which, const void* values, int6
     const auto p = as_enum<bn::Param>(which, BN_PARAM_GAMMA, BN_PARAM_MOVING_STDDEV, "which");
     require(values, "values");
     layer->layer.set_param(p, values, count);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Folding
+
+bn_status bn_fold(const bn_layer* layer, void* scale, void* shift, int64_t count) {
+  return guarded("bn_fold", [&] {
+    require(layer, "layer");
+    require(scale, "scale");
+    require(shift, "shift");
+    require_count(layer, count);
+    std::vector<double> k, t;
+    layer->layer.fold(k, t);
+    if (layer->layer.dtype() == bn::DType::f64) {
+      std::copy(k.begin(), k.end(), static_cast<double*>(scale));
+      std::copy(t.begin(), t.end(), static_cast<double*>(shift));
+    } else {
+      for (size_t f = 0; f < k.size(); ++f) {
+        static_cast<float*>(scale)[f] = static_cast<float>(k[f]);
+        static_cast<float*>(shift)[f] = static_cast<float>(t[f]);
+      }
+    }
+  });
+}
+
+bn_status bn_fold_into(const bn_layer* layer, void* weights, int64_t weights_per_feature, const void* bias,
+                       void* bias_out, int64_t count) {
+  return guarded("bn_fold_into", [&] {
+    require(layer, "layer");
+    require(weights, "weights");
+    require(bias_out, "bias_out");
+    require_count(layer, count);
+    if (weights_per_feature < 1) {
+      invalid("weights_per_feature=" + std::to_string(weights_per_feature) + " but it must be at least 1");
+    }
+    std::vector<double> k, t;
+    layer->layer.fold(k, t);
+    if (layer->layer.dtype() == bn::DType::f64) {
+      fold_into(k, t, static_cast<double*>(weights), weights_per_feature, static_cast<const double*>(bias),
+                static_cast<double*>(bias_out));
+    } else {
+      fold_into(k, t, static_cast<float*>(weights), weights_per_feature, static_cast<const float*>(bias),
+                static_cast<float*>(bias_out));
+    }
   });
 }
 

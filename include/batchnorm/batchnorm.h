@@ -233,6 +233,21 @@ BN_API bn_status bn_get_param(const bn_layer* layer, bn_param which, void* out, 
 BN_API bn_status bn_set_param(bn_layer* layer, bn_param which, const void* values,
                               int64_t count);
 
+/* ------------------------------------------------------------------------ */
+/* Inference folding (for inference engines)                                 */
+/* ------------------------------------------------------------------------ */
+/** The inference transform as y = x*scale + shift per feature: scale = gamma/sqrt(mv + eps),
+ *  shift = beta - mm*scale (eps as the layer uses it: clamped on the fused path). `count`
+ *  (== bn_num_features) values each, double for BN_F64 layers, else float. */
+BN_API bn_status bn_fold(const bn_layer* layer, void* scale, void* shift, int64_t count);
+/** Folds the inference transform into the preceding dense or convolution layer, whose
+ *  output channel o is feature o: weights are output-major (`count` rows of
+ *  `weights_per_feature` values; a dense layer's W[out][in], a convolution's W[O][I][kh][kw])
+ *  and are scaled in place; bias_out[o] = bias[o]*scale[o] + shift[o], with bias NULL meaning
+ *  no bias (0). bias_out may equal bias. Element type as for bn_fold. */
+BN_API bn_status bn_fold_into(const bn_layer* layer, void* weights, int64_t weights_per_feature,
+                              const void* bias, void* bias_out, int64_t count);
+
 #ifdef __cplusplus
 }
 #endif

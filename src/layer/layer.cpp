@@ -543,6 +543,16 @@ void Layer::get_param(Param which, void* out, int64_t count) const {
   fail(Status::invalid_argument, "which=" + std::to_string(static_cast<int>(which)) + " is not a known parameter");
 }
 
+void Layer::fold(std::vector<double>& scale, std::vector<double>& shift) const {
+  Access shared(users_, false);
+  scale.resize(gamma_.size());
+  shift.resize(gamma_.size());
+  for (size_t f = 0; f < gamma_.size(); ++f) {
+    scale[f] = gamma_[f] / std::sqrt(moving_variance_[f] + epsilon_);
+    shift[f] = beta_[f] - moving_mean_[f] * scale[f];
+  }
+}
+
 void Layer::set_param(Param which, const void* values, int64_t count) {
   Access exclusive(users_, true);
   if (count != axes_.features) {

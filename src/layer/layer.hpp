@@ -60,6 +60,8 @@ class Layer {
                 void* dgamma, void* dbeta);
 
   void get_param(Param which, void* out, int64_t count) const;
+  // The inference transform y = x*scale + shift (double), for folding.
+  void fold(std::vector<double>& scale, std::vector<double>& shift) const;
   void set_param(Param which, const void* values, int64_t count);
 
  private:
