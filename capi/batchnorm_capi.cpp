@@ -301,6 +301,13 @@ bn_status bn_config_set_single_value_policy(bn_config* cfg, bn_single_value_poli
   });
 }
 
+bn_status bn_config_set_relu(bn_config* cfg, int enabled) {
+  return guarded("bn_config_set_relu", [&] {
+    require(cfg, "cfg");
+    cfg->config.relu = as_flag(enabled, "enabled");
+  });
+}
+
 bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user_data) {
   (void)user_data;
   return guarded("bn_config_set_allreduce", [&] {
@@ -373,7 +380,7 @@ bn_status bn_forward(bn_layer* layer, const int64_t* shape, int32_t ndim, const 
     require_shape(shape, ndim, "shape");
     require(x, "x");
     require(y, "y");
-    layer->layer.forward(shape, ndim, x, y);
+    layer->layer.forward(shape, ndim, {x, nullptr, y});
   });
 }
 
@@ -384,7 +391,32 @@ bn_status bn_backward(bn_layer* layer, const int64_t* shape, int32_t ndim, const
     require_shape(shape, ndim, "shape");
     require(x, "x");
     require(dy, "dy");
-    layer->layer.backward(shape, ndim, x, dy, dx, dgamma, dbeta);
+    layer->layer.backward(shape, ndim, {x, nullptr, dy, dx, nullptr, dgamma, dbeta});
+  });
+}
+
+bn_status bn_forward_residual(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x, const void* residual,
+                              void* y) {
+  return guarded("bn_forward_residual", [&] {
+    require(layer, "layer");
+    require_shape(shape, ndim, "shape");
+    require(x, "x");
+    require(residual, "residual");
+    require(y, "y");
+    layer->layer.forward(shape, ndim, {x, residual, y});
+  });
+}
+
+bn_status bn_backward_residual(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x, const void* y,
+                               const void* dy, void* dx, void* dresidual, void* dgamma, void* dbeta) {
+  return guarded("bn_backward_residual", [&] {
+    require(layer, "layer");
+    require_shape(shape, ndim, "shape");
+    require(x, "x");
+    require(y, "y");
+    require(dy, "dy");
+    if (dx && dx == dresidual) invalid("dx and dresidual are the same buffer");
+    layer->layer.backward(shape, ndim, {x, y, dy, dx, dresidual, dgamma, dbeta});
   });
 }
 

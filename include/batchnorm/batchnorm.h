@@ -176,6 +176,9 @@ BN_API bn_status bn_config_set_moving_variance(bn_config* cfg, bn_moving_varianc
 BN_API bn_status bn_config_set_cumulative_average(bn_config* cfg, int enabled);
 /** What a training forward with one value per feature does (default: compute, as Keras). */
 BN_API bn_status bn_config_set_single_value_policy(bn_config* cfg, bn_single_value_policy policy);
+/** Fused epilogue: a ReLU after the normalization (and after the residual of
+ *  bn_forward_residual): y = max(bn(x) [+ residual], 0). Default 0. */
+BN_API bn_status bn_config_set_relu(bn_config* cfg, int enabled);
 /** Synchronized batch norm across replicas; fn NULL = off. */
 BN_API bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user_data);
 
@@ -220,6 +223,20 @@ BN_API bn_status bn_forward(bn_layer* layer, const int64_t* shape, int32_t ndim,
  *  (num_features each) are overwritten, not accumulated. */
 BN_API bn_status bn_backward(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x,
                              const void* dy, void* dx, void* dgamma, void* dbeta);
+
+/** bn_forward with a residual added after the normalization and before the ReLU (if
+ *  configured): y = act(bn(x) + residual), in one pass. residual has x's shape and dtype and
+ *  may equal y. */
+BN_API bn_status bn_forward_residual(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x,
+                                     const void* residual, void* y);
+/** Backward of the most recent forward (bn_forward or bn_forward_residual), given that
+ *  forward's output y: with a ReLU, the gradient passes where y > 0 (no mask is stored).
+ *  dresidual (may be NULL) receives the residual's gradient, dy masked by the ReLU; it must
+ *  not be dx. Otherwise as bn_backward, which recomputes the mask from x when the forward
+ *  had no residual. */
+BN_API bn_status bn_backward_residual(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x,
+                                      const void* y, const void* dy, void* dx, void* dresidual,
+                                      void* dgamma, void* dbeta);
 
 /* ------------------------------------------------------------------------ */
 /* Parameters and statistics                                                 */

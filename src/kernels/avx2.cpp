@@ -27,6 +27,9 @@ struct V {
     const __m256i k = mask(n);
     return _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(p, k), m), _mm256_castsi256_ps(k));
   }
+  static F max0(F v) { return _mm256_max_ps(v, _mm256_setzero_ps()); }
+  // dy where z > 0, else 0.
+  static F gate(F dy, F z) { return _mm256_and_ps(dy, _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ)); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static D lo(F v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
   static D hi(F v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }

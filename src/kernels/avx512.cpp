@@ -22,6 +22,9 @@ struct V {
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   // (x - m) on the first n lanes, 0 on the others.
   static F subn(const float* p, F m, int n) { return _mm512_maskz_sub_ps(mask(n), loadn(p, n), m); }
+  static F max0(F v) { return _mm512_max_ps(v, _mm512_setzero_ps()); }
+  // dy where z > 0, else 0.
+  static F gate(F dy, F z) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GT_OQ), dy); }
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static D lo(F v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
   static D hi(F v) { return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }

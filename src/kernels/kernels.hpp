@@ -84,6 +84,9 @@ struct StatsArgs {
 // batch mean rounded to T (so x - center is exact by Sterbenz' lemma near the mean),
 // and shift absorbs the rounding of the mean: shift = beta - (mean - center) * scale.
 // Being elementwise with one FMA, every ISA produces the same bits.
+//
+// Epilogue (optional): y = max(z + residual, 0), with z the normalized value; the residual is
+// added when non-null, the ReLU applied when `relu`.
 template <class T>
 struct NormalizeArgs {
   Geometry geometry;
@@ -92,6 +95,21 @@ struct NormalizeArgs {
   const T* center;
   const T* scale;
   const T* shift;
+  const T* residual = nullptr;
+  bool relu = false;
+};
+
+// The ReLU mask of a forward with the epilogue, for the backward: the gradient that reaches
+// the normalization is dy where the ReLU was open, 0 elsewhere. The mask is read from the
+// forward's output (y > 0) when `y` is set, else recomputed from x with the forward's folded
+// transform (fma(x - z_center, z_scale, z_shift) > 0, bitwise the forward's decision) when
+// z_center is set; no mask (no ReLU) when neither is.
+template <class T>
+struct Gate {
+  const T* y = nullptr;
+  const T* z_center = nullptr;
+  const T* z_scale = nullptr;
+  const T* z_shift = nullptr;
 };
 
 // Backward reductions of one block, accumulated in double:
@@ -104,6 +122,7 @@ struct BackwardSumsArgs {
   const T* center;
   double* sum_dy;  // partial row of this block
   double* sum_dyxc;
+  Gate<T> gate = {};  // dy means the gated dy throughout when a mask is set
 };
 
 // dx = fma(k_dy[f], dy, fma(k_x[f], x - center[f], k_c[f])), computed in T
@@ -118,6 +137,8 @@ struct BackwardDxArgs {
   const T* k_dy;
   const T* k_x;
   const T* k_c;
+  Gate<T> gate = {};
+  T* dresidual = nullptr;  // when set: the gated dy (the residual's gradient); dx may be null then
 };
 
 template <class T>

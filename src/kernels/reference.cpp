@@ -57,8 +57,21 @@ template <class T>
 void normalize_ref(const NormalizeArgs<T>& a, const Block& b) {
   for_each_row<T>(a.geometry, b, [&](int64_t base, int64_t f) {
     const T c = a.center[f], k = a.scale[f], t = a.shift[f];
-    for (int64_t i = 0; i < a.geometry.inner; ++i) a.y[base + i] = fma_like(a.x[base + i] - c, k, t);
+    for (int64_t i = 0; i < a.geometry.inner; ++i) {
+      T z = fma_like(a.x[base + i] - c, k, t);
+      if (a.residual) z += a.residual[base + i];
+      if (a.relu) z = z > T(0) ? z : T(0);
+      a.y[base + i] = z;
+    }
   });
+}
+
+// dy where the forward's ReLU was open (see Gate), element e of feature f.
+template <class T>
+inline T gated(const Gate<T>& g, const T* x, const T* dy, int64_t e, int64_t f) {
+  if (g.y) return g.y[e] > T(0) ? dy[e] : T(0);
+  if (g.z_center) return fma_like(x[e] - g.z_center[f], g.z_scale[f], g.z_shift[f]) > T(0) ? dy[e] : T(0);
+  return dy[e];
 }
 
 template <class T>
@@ -73,7 +86,7 @@ void backward_sums_ref(const BackwardSumsArgs<T>& a, const Block& b) {
     const T c = a.center[f];
     double sdy = 0.0, sdx = 0.0;
     for (int64_t i = 0; i < a.geometry.inner; ++i) {
-      const double dy = static_cast<double>(a.dy[base + i]);
+      const double dy = static_cast<double>(gated(a.gate, a.x, a.dy, base + i, f));
       sdy += dy;
       sdx += dy * static_cast<double>(a.x[base + i] - c);
     }
@@ -87,7 +100,9 @@ void backward_dx_ref(const BackwardDxArgs<T>& a, const Block& b) {
   for_each_row<T>(a.geometry, b, [&](int64_t base, int64_t f) {
     const T c = a.center[f], kdy = a.k_dy[f], kx = a.k_x[f], kc = a.k_c[f];
     for (int64_t i = 0; i < a.geometry.inner; ++i) {
-      a.dx[base + i] = fma_like(kdy, a.dy[base + i], fma_like(kx, a.x[base + i] - c, kc));
+      const T dy = gated(a.gate, a.x, a.dy, base + i, f);
+      if (a.dx) a.dx[base + i] = fma_like(kdy, dy, fma_like(kx, a.x[base + i] - c, kc));
+      if (a.dresidual) a.dresidual[base + i] = dy;
     }
   });
 }

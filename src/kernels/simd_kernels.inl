@@ -26,40 +26,6 @@ inline bool is_planar(const Geometry& g) { return g.identity() && g.inner >= V::
 inline bool is_interleaved(const Geometry& g) { return g.identity() && g.inner == 1; }
 
 
-// Runs body(v, slot) over the contiguous run p[0, n), where v is (load(p + i)) and slot in
-// 0..3 names one of four independent accumulator sets (four vectors per step, so that the
-// additions of different slots overlap instead of waiting on one dependency chain). The
-// masked tail goes to slot 0 with lanes past the end filled by `load_tail`.
-template <class Load, class LoadTail, class Body>
-inline void over_run(int64_t n, Load load, LoadTail load_tail, Body body) {
-  int64_t i = 0;
-  for (; i + 4 * V::W <= n; i += 4 * V::W) {
-    body(load(i), 0);
-    body(load(i + V::W), 1);
-    body(load(i + 2 * V::W), 2);
-    body(load(i + 3 * V::W), 3);
-  }
-  for (; i + V::W <= n; i += V::W) body(load(i), 0);
-  if (i < n) body(load_tail(i, static_cast<int>(n - i)), 0);
-}
-
-// Adds widened float lanes into two double accumulators.
-inline void add_wide(typename V::D* acc, typename V::F v) {
-  acc[0] = V::dadd(acc[0], V::lo(v));
-  acc[1] = V::dadd(acc[1], V::hi(v));
-}
-inline void add_wide_sq(typename V::D* acc, typename V::F v) {
-  const typename V::D l = V::lo(v), h = V::hi(v);
-  acc[0] = V::dfma(l, l, acc[0]);
-  acc[1] = V::dfma(h, h, acc[1]);
-}
-// Fixed-order total of n accumulators.
-inline double total(const typename V::D* acc, int n) {
-  typename V::D t = acc[0];
-  for (int k = 1; k < n; ++k) t = V::dadd(t, acc[k]);
-  return V::dsum(t);
-}
-
 // Sums of float vectors in double, cheaply: each of four slots adds up to kRun vectors in
 // float (pairwise-like: a lane sums at most kRun values), then the slot is widened and added
 // to its double accumulators. The float runs only ever hold values near zero (data minus
@@ -213,80 +179,128 @@ void stats_simd(const StatsArgs<float>& args, const Block& block) {
   reference_f32().stats(a, b);
 }
 
-// --- normalize: y = fma(x - c, k, t) -------------------------------------------------
+// --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
+struct Full {
+  typename V::F operator()(const float* p) const { return V::load(p); }
+  void store(float* p, typename V::F v) const { V::store(p, v); }
+};
+struct Tail {
+  int n;
+  typename V::F operator()(const float* p) const { return V::loadn(p, n); }
+  void store(float* p, typename V::F v) const { V::storen(p, v, n); }
+};
+
+// Per-feature constants of one vector: N arrays indexed by feature, each as a vector.
+template <int N>
+struct Consts {
+  typename V::F v[N];
+};
+
+// Walks the elements of a block one vector at a time, calling body(ld, at, k) with the loader
+// for that vector, its element offset and the vectors k.v[i] of the per-feature constants
+// tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
+// Null tables give zero vectors.
+template <int N, class Body>
+inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], Body body) {
+  Consts<N> k;
+  if (is_planar(g)) {
+    const int64_t full = g.inner / V::W * V::W;
+    const Tail tail{static_cast<int>(g.inner - full)};
+    for (int64_t o = b.o0; o < b.o1; ++o) {
+      for (int64_t s = b.s0; s < b.s1; ++s) {
+        for (int i = 0; i < N; ++i) k.v[i] = V::set1(tables[i] ? tables[i][s] : 0.0f);
+        const int64_t base = (o * g.span + s) * g.inner;
+        for (int64_t i = 0; i < full; i += V::W) body(Full{}, base + i, k);
+        if (tail.n) body(tail, base + full, k);
+      }
+    }
+    return;
+  }
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  const Tail tail{static_cast<int>(b.s1 - full)};
+  auto vector_at = [&](auto ld, int64_t row, int64_t j) {
+    for (int i = 0; i < N; ++i) k.v[i] = tables[i] ? ld(tables[i] + j) : V::set1(0.0f);
+    body(ld, row + j, k);
+  };
+  for (int64_t o = b.o0; o < b.o1; ++o) {
+    const int64_t row = o * g.span;
+    for (int64_t j = b.s0; j < full; j += V::W) vector_at(Full{}, row, j);
+    if (tail.n) vector_at(tail, row, full);
+  }
+}
+
+// --- normalize: y = fma(x - c, k, t), then + residual, then ReLU ------------------------
+template <bool Residual, bool Relu>
+void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
+  const float* const tables[3] = {a.center, a.scale, a.shift};
+  walk(a.geometry, b, tables, [&](auto ld, int64_t at, const Consts<3>& k) {
+    typename V::F z = V::fma(V::sub(ld(a.x + at), k.v[0]), k.v[1], k.v[2]);
+    if constexpr (Residual) z = V::add(z, ld(a.residual + at));
+    if constexpr (Relu) z = V::max0(z);
+    ld.store(a.y + at, z);
+  });
+}
+
 void normalize_simd(const NormalizeArgs<float>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
   // sizes stay in registers.
   const NormalizeArgs<float> a = args;
   const Block b = block;
-  const Geometry& g = a.geometry;
-  if (is_planar(g)) {
-    const int64_t full = g.inner / V::W * V::W;
-    const int tail = static_cast<int>(g.inner - full);
-    for (int64_t o = b.o0; o < b.o1; ++o) {
-      for (int64_t s = b.s0; s < b.s1; ++s) {
-        const int64_t base = (o * g.span + s) * g.inner;
-        const typename V::F c = V::set1(a.center[s]), k = V::set1(a.scale[s]), t = V::set1(a.shift[s]);
-        for (int64_t i = 0; i < full; i += V::W) {
-          V::store(a.y + base + i, V::fma(V::sub(V::load(a.x + base + i), c), k, t));
-        }
-        if (tail) V::storen(a.y + base + full, V::fma(V::sub(V::loadn(a.x + base + full, tail), c), k, t), tail);
-      }
-    }
-    return;
-  }
-  if (is_interleaved(g)) {
-    const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
-    const int tail = static_cast<int>(b.s1 - full);
-    for (int64_t o = b.o0; o < b.o1; ++o) {
-      const float* x = a.x + o * g.span;
-      float* y = a.y + o * g.span;
-      for (int64_t j = b.s0; j < full; j += V::W) {
-        V::store(y + j, V::fma(V::sub(V::load(x + j), V::load(a.center + j)), V::load(a.scale + j), V::load(a.shift + j)));
-      }
-      if (tail) {
-        V::storen(y + full, V::fma(V::sub(V::loadn(x + full, tail), V::loadn(a.center + full, tail)),
-                                   V::loadn(a.scale + full, tail), V::loadn(a.shift + full, tail)), tail);
-      }
-    }
-    return;
-  }
-  reference_f32().normalize(a, b);
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().normalize(a, b);
+  if (a.residual) return a.relu ? normalize_impl<true, true>(a, b) : normalize_impl<true, false>(a, b);
+  return a.relu ? normalize_impl<false, true>(a, b) : normalize_impl<false, false>(a, b);
+}
+
+// --- the ReLU gate of the backward -------------------------------------------------------
+enum GateMode { kNoGate = 0, kGateFromY = 1, kGateFromX = 2 };
+
+inline int gate_mode(const Gate<float>& g) { return g.y ? kGateFromY : g.z_center ? kGateFromX : kNoGate; }
+
+// dy where the forward's ReLU was open, for the vector at (ld, at); zc, zk, zt are the
+// forward's folded transform for that vector (used by kGateFromX only).
+template <int Mode, class Ld>
+inline typename V::F gated_dy(const Gate<float>& g, Ld ld, const float* x, const float* dy, int64_t at,
+                              typename V::F zc, typename V::F zk, typename V::F zt) {
+  const typename V::F d = ld(dy + at);
+  if constexpr (Mode == kGateFromY) return V::gate(d, ld(g.y + at));
+  if constexpr (Mode == kGateFromX) return V::gate(d, V::fma(V::sub(ld(x + at), zc), zk, zt));
+  (void)g, (void)x, (void)zc, (void)zk, (void)zt;
+  return d;
 }
 
 // --- backward sums: sum dy, sum dy*(x - c) ---------------------------------------------
-void backward_sums_simd(const BackwardSumsArgs<float>& args, const Block& block) {
-  // Local copies: stores through the output pointers cannot alias them, so the pointers and
-  // sizes stay in registers.
-  const BackwardSumsArgs<float> a = args;
-  const Block b = block;
+template <int Mode>
+void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
   const Geometry& g = a.geometry;
   if (is_planar(g)) {
     const int64_t span = g.span, inner = g.inner;
+    const int64_t full = inner / V::W * V::W;
+    const Tail tail{static_cast<int>(inner - full)};
+    const bool from_x = Mode == kGateFromX;
     for (int64_t s = b.s0; s < b.s1; ++s) {
       const typename V::F c = V::set1(a.center[s]);
+      const typename V::F zc = V::set1(from_x ? a.gate.z_center[s] : 0.0f),
+                          zk = V::set1(from_x ? a.gate.z_scale[s] : 0.0f),
+                          zt = V::set1(from_x ? a.gate.z_shift[s] : 0.0f);
       WideSum ys, ps;
-      auto step = [&](typename V::F vy, typename V::F d, int k) {
+      // Masked tail lanes load dy = 0, so they add nothing to either sum.
+      auto step = [&](auto ld, int64_t at, int k) {
+        const typename V::F vy = gated_dy<Mode>(a.gate, ld, a.x, a.dy, at, zc, zk, zt);
         ys.run[k] = V::add(ys.run[k], vy);
-        ps.run[k] = V::fma(vy, d, ps.run[k]);
+        ps.run[k] = V::fma(vy, V::sub(ld(a.x + at), c), ps.run[k]);
       };
       for (int64_t o = b.o0; o < b.o1; ++o) {
         const int64_t base = (o * span + s) * inner;
-        const float* x = a.x + base;
-        const float* dy = a.dy + base;
         int64_t i = 0;
         for (; i + 4 * V::W <= inner; i += 4 * V::W) {
-          for (int k = 0; k < 4; ++k) step(V::load(dy + i + k * V::W), V::sub(V::load(x + i + k * V::W), c), k);
+          for (int k = 0; k < 4; ++k) step(Full{}, base + i + k * V::W, k);
           if (++ys.steps == kRun) {
             ys.flush();
             ps.flush();
           }
         }
-        for (; i + V::W <= inner; i += V::W) step(V::load(dy + i), V::sub(V::load(x + i), c), 0);
-        if (i < inner) {
-          const int n = static_cast<int>(inner - i);
-          step(V::loadn(dy + i, n), V::subn(x + i, c, n), 0);
-        }
+        for (; i < full; i += V::W) step(Full{}, base + i, 0);
+        if (tail.n) step(tail, base + full, 0);
         ys.flush();
         ps.flush();
       }
@@ -295,72 +309,78 @@ void backward_sums_simd(const BackwardSumsArgs<float>& args, const Block& block)
     }
     return;
   }
-  if (is_interleaved(g)) {
-    for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {
-      const int64_t n = b.s1 - s0 < kSegment ? b.s1 - s0 : kSegment;
-      auto width = [&](int64_t j) { return static_cast<int>(n - j < V::W ? n - j : V::W); };
-      sum_rows(b.o0, b.o1, n, a.sum_dy + s0,
-               [&](int64_t o, int64_t j) { return V::loadn(a.dy + o * g.span + s0 + j, width(j)); });
-      sum_rows(b.o0, b.o1, n, a.sum_dyxc + s0, [&](int64_t o, int64_t j) {
-        const int64_t at = o * g.span + s0 + j;
-        return V::fma(V::loadn(a.dy + at, width(j)), V::subn(a.x + at, V::loadn(a.center + s0 + j, width(j)), width(j)),
-                      V::set1(0.0f));
+  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {
+    const int64_t n = b.s1 - s0 < kSegment ? b.s1 - s0 : kSegment;
+    // The gated dy of the vector of features [s0 + j, ...) of row o.
+    auto dy_at = [&](auto ld, int64_t o, int64_t j) {
+      const int64_t f = s0 + j;
+      if constexpr (Mode == kGateFromX) {
+        return gated_dy<Mode>(a.gate, ld, a.x, a.dy, o * g.span + f, ld(a.gate.z_center + f), ld(a.gate.z_scale + f),
+                              ld(a.gate.z_shift + f));
+      } else {
+        const typename V::F zero = V::set1(0.0f);
+        return gated_dy<Mode>(a.gate, ld, a.x, a.dy, o * g.span + f, zero, zero, zero);
+      }
+    };
+    auto with_loader = [&](int64_t j, auto use) {
+      return n - j >= V::W ? use(Full{}) : use(Tail{static_cast<int>(n - j)});
+    };
+    sum_rows(b.o0, b.o1, n, a.sum_dy + s0, [&](int64_t o, int64_t j) {
+      return with_loader(j, [&](auto ld) { return dy_at(ld, o, j); });
+    });
+    sum_rows(b.o0, b.o1, n, a.sum_dyxc + s0, [&](int64_t o, int64_t j) {
+      return with_loader(j, [&](auto ld) {
+        const int64_t f = s0 + j;
+        return V::fma(dy_at(ld, o, j), V::sub(ld(a.x + o * g.span + f), ld(a.center + f)), V::set1(0.0f));
       });
-    }
-    return;
+    });
   }
-  reference_f32().backward_sums(a, b);
 }
 
-// --- backward dx = fma(k_dy, dy, fma(k_x, x - c, k_c)) ---------------------------------
+void backward_sums_simd(const BackwardSumsArgs<float>& args, const Block& block) {
+  const BackwardSumsArgs<float> a = args;
+  const Block b = block;
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().backward_sums(a, b);
+  switch (gate_mode(a.gate)) {
+    case kGateFromY: return backward_sums_impl<kGateFromY>(a, b);
+    case kGateFromX: return backward_sums_impl<kGateFromX>(a, b);
+    default: return backward_sums_impl<kNoGate>(a, b);
+  }
+}
+
+// --- backward dx = fma(k_dy, dy, fma(k_x, x - c, k_c)); dresidual = dy (gated) ---------
+template <int Mode, bool Dx, bool Dres>
+void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
+  const bool from_x = Mode == kGateFromX;
+  const float* const tables[7] = {a.center,
+                                  a.k_dy,
+                                  a.k_x,
+                                  a.k_c,
+                                  from_x ? a.gate.z_center : nullptr,
+                                  from_x ? a.gate.z_scale : nullptr,
+                                  from_x ? a.gate.z_shift : nullptr};
+  walk(a.geometry, b, tables, [&](auto ld, int64_t at, const Consts<7>& k) {
+    const typename V::F dy = gated_dy<Mode>(a.gate, ld, a.x, a.dy, at, k.v[4], k.v[5], k.v[6]);
+    if constexpr (Dx) ld.store(a.dx + at, V::fma(k.v[1], dy, V::fma(k.v[2], V::sub(ld(a.x + at), k.v[0]), k.v[3])));
+    if constexpr (Dres) ld.store(a.dresidual + at, dy);
+  });
+}
+
+template <int Mode>
+void backward_dx_mode(const BackwardDxArgs<float>& a, const Block& b) {
+  if (a.dx) return a.dresidual ? backward_dx_impl<Mode, true, true>(a, b) : backward_dx_impl<Mode, true, false>(a, b);
+  if (a.dresidual) backward_dx_impl<Mode, false, true>(a, b);
+}
+
 void backward_dx_simd(const BackwardDxArgs<float>& args, const Block& block) {
-  // Local copies: stores through the output pointers cannot alias them, so the pointers and
-  // sizes stay in registers.
   const BackwardDxArgs<float> a = args;
   const Block b = block;
-  const Geometry& g = a.geometry;
-  auto dx_of = [](typename V::F x, typename V::F dy, typename V::F c, typename V::F kdy, typename V::F kx,
-                  typename V::F kc) { return V::fma(kdy, dy, V::fma(kx, V::sub(x, c), kc)); };
-  if (is_planar(g)) {
-    const int64_t full = g.inner / V::W * V::W;
-    const int tail = static_cast<int>(g.inner - full);
-    for (int64_t o = b.o0; o < b.o1; ++o) {
-      for (int64_t s = b.s0; s < b.s1; ++s) {
-        const int64_t base = (o * g.span + s) * g.inner;
-        const typename V::F c = V::set1(a.center[s]), kdy = V::set1(a.k_dy[s]), kx = V::set1(a.k_x[s]),
-                            kc = V::set1(a.k_c[s]);
-        for (int64_t i = 0; i < full; i += V::W) {
-          V::store(a.dx + base + i, dx_of(V::load(a.x + base + i), V::load(a.dy + base + i), c, kdy, kx, kc));
-        }
-        if (tail) {
-          V::storen(a.dx + base + full,
-                    dx_of(V::loadn(a.x + base + full, tail), V::loadn(a.dy + base + full, tail), c, kdy, kx, kc),
-                    tail);
-        }
-      }
-    }
-    return;
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().backward_dx(a, b);
+  switch (gate_mode(a.gate)) {
+    case kGateFromY: return backward_dx_mode<kGateFromY>(a, b);
+    case kGateFromX: return backward_dx_mode<kGateFromX>(a, b);
+    default: return backward_dx_mode<kNoGate>(a, b);
   }
-  if (is_interleaved(g)) {
-    const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
-    const int tail = static_cast<int>(b.s1 - full);
-    for (int64_t o = b.o0; o < b.o1; ++o) {
-      const int64_t row = o * g.span;
-      for (int64_t j = b.s0; j < full; j += V::W) {
-        V::store(a.dx + row + j, dx_of(V::load(a.x + row + j), V::load(a.dy + row + j), V::load(a.center + j),
-                                       V::load(a.k_dy + j), V::load(a.k_x + j), V::load(a.k_c + j)));
-      }
-      if (tail) {
-        V::storen(a.dx + row + full,
-                  dx_of(V::loadn(a.x + row + full, tail), V::loadn(a.dy + row + full, tail),
-                        V::loadn(a.center + full, tail), V::loadn(a.k_dy + full, tail),
-                        V::loadn(a.k_x + full, tail), V::loadn(a.k_c + full, tail)),
-                  tail);
-      }
-    }
-    return;
-  }
-  reference_f32().backward_dx(a, b);
 }
 
 }  // namespace

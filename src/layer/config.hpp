@@ -27,6 +27,7 @@ struct Config {
   MovingVariance moving_variance = MovingVariance::automatic;
   bool cumulative_average = false;
   SingleValue single_value = SingleValue::compute;
+  bool relu = false;  // fused epilogue: y = max(bn(x) + residual, 0)
 };
 
 // Limits of the layer.

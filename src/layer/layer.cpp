@@ -173,9 +173,11 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
   if (config_.dtype == DType::f64) {
     infer_f64_.resize(c);
     call_f64_.resize(c);
+    if (config_.relu) relu_f64_.resize(c);
   } else {
     infer_f32_.resize(c);
     call_f32_.resize(c);
+    if (config_.relu) relu_f32_.resize(c);
   }
   refresh_inference_transform();
 }
@@ -200,6 +202,10 @@ const PerFeature<T>& Layer::inference_constants() const {
 template <class T>
 PerFeature<T>& Layer::call_constants() {
   if constexpr (std::is_same_v<T, float>) return call_f32_; else return call_f64_;
+}
+template <class T>
+PerFeature<T>& Layer::relu_constants() {
+  if constexpr (std::is_same_v<T, float>) return relu_f32_; else return relu_f64_;
 }
 
 // Training forwards leave the transform stale (it is needed only once the layer normalizes
@@ -259,19 +265,20 @@ const ShapePlan& Layer::plan_for(const int64_t* shape, int32_t ndim) {
 
 // ---------------------------------------------------------------------------
 // Forward
-void Layer::forward(const int64_t* shape, int32_t ndim, const void* x, void* y) {
+void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
   {
     Access shared(users_, false);
     if (!uses_batch_statistics()) {
       const ShapePlan plan = plan_shape(axes_, shape, ndim);
       if (config_.dtype == DType::f64) {
-        forward_inference(plan, static_cast<const double*>(x), static_cast<double*>(y));
+        forward_inference<double>(plan, io);
       } else {
-        forward_inference(plan, static_cast<const float*>(x), static_cast<float*>(y));
+        forward_inference<float>(plan, io);
       }
       std::lock_guard<std::mutex> lock(saved_mutex_);
       saved_.valid = true;
       saved_.batch_statistics = false;
+      saved_.residual = io.residual != nullptr;
       saved_.ndim = ndim;
       std::copy(shape, shape + ndim, saved_.shape);
       return;
@@ -283,22 +290,30 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const void* x, void* y) 
   }
   const ShapePlan& plan = plan_for(shape, ndim);
   if (config_.dtype == DType::f64) {
-    forward_training(plan, static_cast<const double*>(x), static_cast<double*>(y));
+    forward_training<double>(plan, io);
   } else {
-    forward_training(plan, static_cast<const float*>(x), static_cast<float*>(y));
+    forward_training<float>(plan, io);
   }
 }
 
 template <class T>
-void Layer::forward_inference(const ShapePlan& plan, const T* x, T* y) const {
+void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const {
   const auto& k = kernels::selected<T>();
   const PerFeature<T>& pf = inference_constants<T>();
-  const kernels::NormalizeArgs<T> args{plan.geometry, x, y, pf.center.data(), pf.k1.data(), pf.k2.data()};
+  const kernels::NormalizeArgs<T> args{plan.geometry,
+                                       static_cast<const T*>(io.x),
+                                       static_cast<T*>(io.y),
+                                       pf.center.data(),
+                                       pf.k1.data(),
+                                       pf.k2.data(),
+                                       static_cast<const T*>(io.residual),
+                                       config_.relu};
   executor_.for_blocks(plan.grid.count(), [&](int64_t b) { k.normalize(args, plan.grid.block(plan.geometry, b)); });
 }
 
 template <class T>
-void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
+void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
+  const T* x = static_cast<const T*>(io.x);
   const int64_t m = plan.per_feature;
   if (m == 1 && config_.single_value == SingleValue::reject) {
     fail(Status::shape, "training needs more than one value per feature (single-value policy REJECT); shape " +
@@ -316,7 +331,9 @@ void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
     work_d_[f] = 1.0 / std::sqrt(var + epsilon_);
     fold_normalize(pf, static_cast<size_t>(f), mean, gamma_[f] * work_d_[f], beta_[f]);
   };
-  const kernels::NormalizeArgs<T> norm{g, x, y, pf.center.data(), pf.k1.data(), pf.k2.data()};
+  const kernels::NormalizeArgs<T> norm{g,           x,           static_cast<T*>(io.y), pf.center.data(),
+                                       pf.k1.data(), pf.k2.data(), static_cast<const T*>(io.residual),
+                                       config_.relu};
 
   if (plan.elements > 0) {
     if (grid.o_blocks == 1) {
@@ -382,11 +399,13 @@ void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
     batch_variance_.swap(work_b_);
     saved_inv_std_.swap(work_d_);
     inference_stale_ = true;
+    if (config_.relu) relu_constants<T>() = pf;  // sizes match: copies, no allocation
   }
   // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
   // zero-size inputs); it still has a (zero) gradient.
   saved_.valid = true;
   saved_.batch_statistics = true;
+  saved_.residual = io.residual != nullptr;
   saved_.ndim = plan.ndim;
   std::copy(plan.shape, plan.shape + plan.ndim, saved_.shape);
 }
@@ -402,8 +421,7 @@ void Layer::forward_training(const ShapePlan& plan, const T* x, T* y) {
 // Inference (moving statistics are constants): dx = (g*s_mv)*dy, dgamma = s_mv * sum dy*(x - mm).
 // The kernels take the sums around c = T(mean) and compute x - c in T; with delta = mean - c:
 //   Sxc = sum dy*(x - c) - delta*Sdy,   k_x*(x - mean) + k_c = k_x*(x - c) + (k_c - k_x*delta).
-void Layer::backward(const int64_t* shape, int32_t ndim, const void* x, const void* dy, void* dx, void* dgamma,
-                     void* dbeta) {
+void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
   Access exclusive(users_, true);
   check_shape(axes_, shape, ndim);
   if (!saved_.valid) {
@@ -414,14 +432,16 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const void* x, const vo
     fail(Status::state, "shape " + shape_text(shape, ndim) + " differs from the shape " +
                             shape_text(saved_.shape, saved_.ndim) + " of the most recent bn_forward");
   }
+  if (config_.relu && saved_.residual && !io.y) {
+    fail(Status::state, "the forward added a residual before the ReLU, so its mask needs that forward's output: "
+                        "pass y to bn_backward_residual");
+  }
   const ShapePlan& plan = plan_for(shape, ndim);
-  const bool param_grads = (dgamma || dbeta) && config_.trainable && (config_.scale || config_.center);
+  const bool param_grads = (io.dgamma || io.dbeta) && config_.trainable && (config_.scale || config_.center);
   if (config_.dtype == DType::f64) {
-    backward_impl(plan, static_cast<const double*>(x), static_cast<const double*>(dy), static_cast<double*>(dx),
-                  param_grads);
+    backward_impl<double>(plan, io, param_grads);
   } else {
-    backward_impl(plan, static_cast<const float*>(x), static_cast<const float*>(dy), static_cast<float*>(dx),
-                  param_grads);
+    backward_impl<float>(plan, io, param_grads);
   }
   // work_c_ holds dgamma, work_d_ dbeta (zero where the parameter is absent or frozen).
   std::vector<double>& dg = work_c_;
@@ -430,12 +450,34 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const void* x, const vo
     dg[f] = param_grads && config_.scale ? round_param(dg[f]) : 0.0;
     db[f] = param_grads && config_.center ? round_param(db[f]) : 0.0;
   }
-  if (dgamma) write_params(dg, dgamma);
-  if (dbeta) write_params(db, dbeta);
+  if (io.dgamma) write_params(dg, io.dgamma);
+  if (io.dbeta) write_params(db, io.dbeta);
+}
+
+// The ReLU mask of the saved forward: from its output when the caller passes it, else
+// recomputed from x with the transform that forward used.
+template <class T>
+kernels::Gate<T> Layer::relu_gate(const BackwardIo& io) {
+  kernels::Gate<T> gate;
+  if (!config_.relu) return gate;
+  if (io.y) {
+    gate.y = static_cast<const T*>(io.y);
+    return gate;
+  }
+  const PerFeature<T>& pf = saved_.batch_statistics ? relu_constants<T>() : inference_constants<T>();
+  gate.z_center = pf.center.data();
+  gate.z_scale = pf.k1.data();
+  gate.z_shift = pf.k2.data();
+  return gate;
 }
 
 template <class T>
-void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx, bool param_grads) {
+void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool param_grads) {
+  const T* x = static_cast<const T*>(io.x);
+  const T* dy = static_cast<const T*>(io.dy);
+  T* dx = static_cast<T*>(io.dx);
+  T* dresidual = static_cast<T*>(io.dresidual);
+  const kernels::Gate<T> gate = relu_gate<T>(io);
   const int64_t c = axes_.features;
   const kernels::Geometry& g = plan.geometry;
   const BlockGrid& grid = plan.grid;
@@ -467,13 +509,15 @@ void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx,
     pf.k2[f] = static_cast<T>(k_x);
     pf.k3[f] = static_cast<T>(k_c - k_x * delta);
   };
-  const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data()};
-  const kernels::BackwardDxArgs<T> dx_args{g, x, dy, dx, pf.center.data(), pf.k1.data(), pf.k2.data(), pf.k3.data()};
+  const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
+  const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
+                                           pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual};
+  const bool elementwise = dx || dresidual;
 
   if (!batch && !param_grads) {
     // Inference without parameter gradients: dx = (g*s_mv)*dy needs no reduction.
     for (int64_t f = 0; f < c; ++f) coefficients(f, 0.0, 0.0);
-    if (dx) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
+    if (elementwise) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
     return;
   }
   if (grid.o_blocks == 1) {
@@ -484,7 +528,7 @@ void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx,
       int64_t f0, f1;
       kernels::block_features(g, block, f0, f1);
       for (int64_t f = f0; f < f1; ++f) coefficients(f, partial_a_[f], partial_b_[f]);
-      if (dx) k.backward_dx(dx_args, block);
+      if (elementwise) k.backward_dx(dx_args, block);
     });
     return;
   }
@@ -506,7 +550,7 @@ void Layer::backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx,
       coefficients(f, a, b);
     }
   });
-  if (dx) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
+  if (elementwise) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
 }
 
 // ---------------------------------------------------------------------------

@@ -53,11 +53,25 @@ class Layer {
   void set_momentum(double momentum);
   void set_num_threads(int32_t max_threads);
 
-  // x, y, dy, dx are of the layer's dtype; parameter buffers are double for f64
-  // layers and float otherwise. The C boundary has checked for NULL.
-  void forward(const int64_t* shape, int32_t ndim, const void* x, void* y);
-  void backward(const int64_t* shape, int32_t ndim, const void* x, const void* dy, void* dx,
-                void* dgamma, void* dbeta);
+  // The caller's buffers of one call. Tensors are of the layer's dtype; parameter buffers
+  // are double for f64 layers and float otherwise. Optional ones may be null; the C
+  // boundary has checked the required ones.
+  struct ForwardIo {
+    const void* x;
+    const void* residual;  // added before the ReLU
+    void* y;
+  };
+  struct BackwardIo {
+    const void* x;
+    const void* y;  // the forward's output (ReLU mask), or null
+    const void* dy;
+    void* dx;
+    void* dresidual;
+    void* dgamma;
+    void* dbeta;
+  };
+  void forward(const int64_t* shape, int32_t ndim, const ForwardIo& io);
+  void backward(const int64_t* shape, int32_t ndim, const BackwardIo& io);
 
   void get_param(Param which, void* out, int64_t count) const;
   // The inference transform y = x*scale + shift (double), for folding.
@@ -71,12 +85,14 @@ class Layer {
   double round_param(double v) const;
   void refresh_inference_transform();
   const ShapePlan& plan_for(const int64_t* shape, int32_t ndim);
-  template <class T> void forward_training(const ShapePlan& plan, const T* x, T* y);
-  template <class T> void forward_inference(const ShapePlan& plan, const T* x, T* y) const;
-  template <class T> void backward_impl(const ShapePlan& plan, const T* x, const T* dy, T* dx, bool param_grads);
+  template <class T> void forward_training(const ShapePlan& plan, const ForwardIo& io);
+  template <class T> void forward_inference(const ShapePlan& plan, const ForwardIo& io) const;
+  template <class T> void backward_impl(const ShapePlan& plan, const BackwardIo& io, bool param_grads);
+  template <class T> kernels::Gate<T> relu_gate(const BackwardIo& io);
   template <class T> PerFeature<T>& inference_constants();
   template <class T> const PerFeature<T>& inference_constants() const;
   template <class T> PerFeature<T>& call_constants();
+  template <class T> PerFeature<T>& relu_constants();
   void write_params(const std::vector<double>& values, void* out) const;
 
   Config config_;
@@ -93,14 +109,15 @@ class Layer {
   // The folded inference transform (center, scale, shift), kept current so that concurrent
   // inference forwards only read; and the per-call constants of training calls. Only the
   // layer's element type is sized.
-  PerFeature<float> infer_f32_, call_f32_;
-  PerFeature<double> infer_f64_, call_f64_;
+  PerFeature<float> infer_f32_, call_f32_, relu_f32_;
+  PerFeature<double> infer_f64_, call_f64_, relu_f64_;  // relu_: the training forward's transform
   bool inference_stale_ = true;  // fresh whenever uses_batch_statistics() is false
 
   // The most recent forward, for the backward.
   struct Saved {
     bool valid = false;
     bool batch_statistics = false;
+    bool residual = false;  // the forward added a residual
     int64_t shape[kMaxRank] = {};
     int32_t ndim = 0;
   };
