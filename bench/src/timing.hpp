@@ -1,0 +1,24 @@
+// Median timing with a warm-up and repetitions adapted to a time budget.
+#pragma once
+
+#include <functional>
+
+namespace bn::bench {
+
+struct TimingPolicy {
+  double target_seconds = 0.25;  // total time to spend sampling
+  int min_samples = 3;
+  int max_samples = 101;
+  double min_sample_seconds = 5e-4;  // tiny calls are batched so one sample is not clock noise
+};
+
+struct Timing {
+  double median_seconds = 0;  // per call
+  int calls = 0;              // timed calls (warm-up excluded)
+};
+
+// Warms up (at least two calls and ~1/5 of the budget, at most 0.05 s), then takes
+// samples of k back-to-back calls and returns the median per-call time.
+Timing time_median(const std::function<void()>& call, const TimingPolicy& policy);
+
+}  // namespace bn::bench
