@@ -28,6 +28,16 @@ struct V {
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static D lo(F v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
   static D hi(F v) { return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
+  static D dload(const double* p) { return _mm512_loadu_pd(p); }
+  static D dset1(double a) { return _mm512_set1_pd(a); }
+  static D dsub(D a, D b) { return _mm512_sub_pd(a, b); }
+  static D dmul(D a, D b) { return _mm512_mul_pd(a, b); }
+  static D dfnma(D a, D b, D c) { return _mm512_fnmadd_pd(a, b, c); }  // c - a*b
+  static F narrow(D lo, D hi) {
+    const __m512d both = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(lo))),
+                                            _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1);
+    return _mm512_castpd_ps(both);
+  }
   static D dzero() { return _mm512_setzero_pd(); }
   static D dadd(D a, D b) { return _mm512_add_pd(a, b); }
   static D dfma(D a, D b, D c) { return _mm512_fmadd_pd(a, b, c); }

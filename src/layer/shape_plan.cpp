@@ -22,7 +22,7 @@ constexpr int64_t kColumnBudget = int64_t{1} << 16;
 constexpr int64_t kMinPlanarInner = 16;
 // Features-last layouts: blocks of whole rows of up to kMaxRowBlock features, at least
 // kMinRowsInterleaved rows (so the partials stay at most 1/16 of x in bytes).
-constexpr int64_t kMaxRowBlock = 512;
+constexpr int64_t kMaxRowBlock = int64_t{1} << 14;
 constexpr int64_t kMinRowsInterleaved = 64;
 
 std::string shape_text(const int64_t* shape, int32_t ndim) {
