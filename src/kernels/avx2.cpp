@@ -18,7 +18,9 @@ struct V {
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static F loadn(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm256_stream_ps(p, v); }
   static void storen(float* p, F v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static void fence() { _mm_sfence(); }
   static F set1(float a) { return _mm256_set1_ps(a); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }

@@ -16,7 +16,9 @@ struct V {
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static F loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
   static void storen(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static void fence() { _mm_sfence(); }
   static F set1(float a) { return _mm512_set1_ps(a); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }

@@ -73,9 +73,16 @@ inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, 
 
 // --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
 struct Full {
+  bool stream = false;  // non-temporal stores where 64-byte aligned (outputs too large to cache)
   int lanes() const { return V::W; }
   typename V::F operator()(const float* p) const { return V::load(p); }
-  void store(float* p, typename V::F v) const { V::store(p, v); }
+  void store(float* p, typename V::F v) const {
+    if (stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+      V::stream(p, v);
+    } else {
+      V::store(p, v);
+    }
+  }
 };
 struct Tail {
   int n;
@@ -227,8 +234,9 @@ struct Consts {
 // tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
 // Null tables give zero vectors.
 template <int N, class Body>
-inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], Body body) {
+inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], bool stream, Body body) {
   Consts<N> k;
+  const Full whole{stream};
   if (is_planar(g)) {
     const int64_t full = g.inner / V::W * V::W;
     const Tail tail{static_cast<int>(g.inner - full)};
@@ -236,10 +244,11 @@ inline void walk(const Geometry& g, const Block& b, const float* const (&tables)
       for (int64_t s = b.s0; s < b.s1; ++s) {
         for (int i = 0; i < N; ++i) k.v[i] = V::set1(tables[i] ? tables[i][s] : 0.0f);
         const int64_t base = (o * g.span + s) * g.inner;
-        for (int64_t i = 0; i < full; i += V::W) body(Full{}, base + i, k);
+        for (int64_t i = 0; i < full; i += V::W) body(whole, base + i, k);
         if (tail.n) body(tail, base + full, k);
       }
     }
+    if (stream) V::fence();
     return;
   }
   const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
@@ -250,16 +259,17 @@ inline void walk(const Geometry& g, const Block& b, const float* const (&tables)
   };
   for (int64_t o = b.o0; o < b.o1; ++o) {
     const int64_t row = o * g.span;
-    for (int64_t j = b.s0; j < full; j += V::W) vector_at(Full{}, row, j);
+    for (int64_t j = b.s0; j < full; j += V::W) vector_at(whole, row, j);
     if (tail.n) vector_at(tail, row, full);
   }
+  if (stream) V::fence();  // order the non-temporal stores before the task completes
 }
 
 // --- normalize: y = fma(x - c, k, t), then + residual, then ReLU ------------------------
 template <bool Residual, bool Relu>
 void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
   const float* const tables[3] = {a.center, a.scale, a.shift};
-  walk(a.geometry, b, tables, [&](auto ld, int64_t at, const Consts<3>& k) {
+  walk(a.geometry, b, tables, a.stream, [&](auto ld, int64_t at, const Consts<3>& k) {
     typename V::F z = V::fma(V::sub(ld(a.x + at), k.v[0]), k.v[1], k.v[2]);
     if constexpr (Residual) z = V::add(z, ld(a.residual + at));
     if constexpr (Relu) z = V::max0(z);
@@ -387,7 +397,7 @@ void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
                                   from_x ? a.gate.z_center : nullptr,
                                   from_x ? a.gate.z_scale : nullptr,
                                   from_x ? a.gate.z_shift : nullptr};
-  walk(a.geometry, b, tables, [&](auto ld, int64_t at, const Consts<7>& k) {
+  walk(a.geometry, b, tables, a.stream, [&](auto ld, int64_t at, const Consts<7>& k) {
     const typename V::F dy = gated_dy<Mode>(a.gate, ld, a.x, a.dy, at, k.v[4], k.v[5], k.v[6]);
     if constexpr (Dx) ld.store(a.dx + at, V::fma(k.v[1], dy, V::fma(k.v[2], V::sub(ld(a.x + at), k.v[0]), k.v[3])));
     if constexpr (Dres) ld.store(a.dresidual + at, dy);
