@@ -72,18 +72,20 @@ inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, 
 }
 
 // --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
-struct Full {
-  bool stream = false;  // non-temporal stores where 64-byte aligned (outputs too large to cache)
+// Stream: non-temporal stores where 64-byte aligned (outputs too large to cache).
+template <bool Stream>
+struct FullT {
   int lanes() const { return V::W; }
   typename V::F operator()(const float* p) const { return V::load(p); }
   void store(float* p, typename V::F v) const {
-    if (stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    if (Stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
       V::stream(p, v);
     } else {
       V::store(p, v);
     }
   }
 };
+using Full = FullT<false>;
 struct Tail {
   int n;
   int lanes() const { return n; }
@@ -232,29 +234,59 @@ struct Consts {
 // Walks the elements of a block one vector at a time, calling body(ld, at, k) with the loader
 // for that vector, its element offset and the vectors k.v[i] of the per-feature constants
 // tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
-// Null tables give zero vectors.
-template <int N, class Body>
-inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], bool stream, Body body) {
+// Interleaved rows of exactly Strips vectors (the last possibly a tail): the constants of
+// every strip stay in registers for all rows, and the strip loop is unrolled.
+template <int Strips, int N, class Whole, class Body>
+inline void walk_narrow(const Geometry& g, const Block& b, const float* const (&tables)[N], Whole whole, Body body) {
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  const Tail tail{static_cast<int>(b.s1 - full)};
+  Consts<N> ks[Strips];
+  for (int t = 0; t < Strips; ++t) {
+    const int64_t j = b.s0 + t * V::W;
+    for (int i = 0; i < N; ++i) ks[t].v[i] = j < full ? V::load(tables[i] + j) : tail(tables[i] + j);
+  }
+  for (int64_t o = b.o0; o < b.o1; ++o) {
+    const int64_t row = o * g.span + b.s0;
+    for (int t = 0; t < Strips - 1; ++t) body(whole, row + t * V::W, ks[t]);
+    if (tail.n) {
+      body(tail, row + (Strips - 1) * V::W, ks[Strips - 1]);
+    } else {
+      body(whole, row + (Strips - 1) * V::W, ks[Strips - 1]);
+    }
+  }
+}
+
+// Walks the elements of a block one vector at a time, calling body(ld, at, k) with the loader
+// for that vector, its element offset and the vectors k.v[i] of the per-feature constants
+// tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
+template <bool Stream, int N, class Body>
+inline void walk_stream(const Geometry& g, const Block& b, const float* const (&tables)[N], Body body) {
   Consts<N> k;
-  const Full whole{stream};
+  const FullT<Stream> whole;
   if (is_planar(g)) {
     const int64_t full = g.inner / V::W * V::W;
     const Tail tail{static_cast<int>(g.inner - full)};
     for (int64_t o = b.o0; o < b.o1; ++o) {
       for (int64_t s = b.s0; s < b.s1; ++s) {
-        for (int i = 0; i < N; ++i) k.v[i] = V::set1(tables[i] ? tables[i][s] : 0.0f);
+        for (int i = 0; i < N; ++i) k.v[i] = V::set1(tables[i][s]);
         const int64_t base = (o * g.span + s) * g.inner;
         for (int64_t i = 0; i < full; i += V::W) body(whole, base + i, k);
         if (tail.n) body(tail, base + full, k);
       }
     }
-    if (stream) V::fence();
     return;
+  }
+  switch ((b.s1 - b.s0 + V::W - 1) / V::W) {
+    case 1: return walk_narrow<1>(g, b, tables, whole, body);
+    case 2: return walk_narrow<2>(g, b, tables, whole, body);
+    case 3: return walk_narrow<3>(g, b, tables, whole, body);
+    case 4: return walk_narrow<4>(g, b, tables, whole, body);
+    default: break;
   }
   const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
   const Tail tail{static_cast<int>(b.s1 - full)};
   auto vector_at = [&](auto ld, int64_t row, int64_t j) {
-    for (int i = 0; i < N; ++i) k.v[i] = tables[i] ? ld(tables[i] + j) : V::set1(0.0f);
+    for (int i = 0; i < N; ++i) k.v[i] = ld(tables[i] + j);
     body(ld, row + j, k);
   };
   for (int64_t o = b.o0; o < b.o1; ++o) {
@@ -262,18 +294,30 @@ inline void walk(const Geometry& g, const Block& b, const float* const (&tables)
     for (int64_t j = b.s0; j < full; j += V::W) vector_at(whole, row, j);
     if (tail.n) vector_at(tail, row, full);
   }
-  if (stream) V::fence();  // order the non-temporal stores before the task completes
+}
+
+template <int N, class Body>
+inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], bool stream, Body body) {
+  if (stream) {
+    walk_stream<true>(g, b, tables, body);
+    V::fence();  // order the non-temporal stores before the task completes
+  } else {
+    walk_stream<false>(g, b, tables, body);
+  }
 }
 
 // --- normalize: y = fma(x - c, k, t), then + residual, then ReLU ------------------------
 template <bool Residual, bool Relu>
 void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
   const float* const tables[3] = {a.center, a.scale, a.shift};
-  walk(a.geometry, b, tables, a.stream, [&](auto ld, int64_t at, const Consts<3>& k) {
-    typename V::F z = V::fma(V::sub(ld(a.x + at), k.v[0]), k.v[1], k.v[2]);
-    if constexpr (Residual) z = V::add(z, ld(a.residual + at));
+  const float* x = a.x;
+  const float* residual = a.residual;
+  float* y = a.y;
+  walk(a.geometry, b, tables, a.stream, [x, residual, y](auto ld, int64_t at, const Consts<3>& k) {
+    typename V::F z = V::fma(V::sub(ld(x + at), k.v[0]), k.v[1], k.v[2]);
+    if constexpr (Residual) z = V::add(z, ld(residual + at));
     if constexpr (Relu) z = V::max0(z);
-    ld.store(a.y + at, z);
+    ld.store(y + at, z);
   });
 }
 
@@ -389,19 +433,30 @@ void backward_sums_simd(const BackwardSumsArgs<float>& args, const Block& block)
 // --- backward dx = fma(k_dy, dy, fma(k_x, x - c, k_c)); dresidual = dy (gated) ---------
 template <int Mode, bool Dx, bool Dres>
 void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
-  const bool from_x = Mode == kGateFromX;
-  const float* const tables[7] = {a.center,
-                                  a.k_dy,
-                                  a.k_x,
-                                  a.k_c,
-                                  from_x ? a.gate.z_center : nullptr,
-                                  from_x ? a.gate.z_scale : nullptr,
-                                  from_x ? a.gate.z_shift : nullptr};
-  walk(a.geometry, b, tables, a.stream, [&](auto ld, int64_t at, const Consts<7>& k) {
-    const typename V::F dy = gated_dy<Mode>(a.gate, ld, a.x, a.dy, at, k.v[4], k.v[5], k.v[6]);
-    if constexpr (Dx) ld.store(a.dx + at, V::fma(k.v[1], dy, V::fma(k.v[2], V::sub(ld(a.x + at), k.v[0]), k.v[3])));
-    if constexpr (Dres) ld.store(a.dresidual + at, dy);
-  });
+  const float* x = a.x;
+  const float* dy = a.dy;
+  float* dx = a.dx;
+  float* dres = a.dresidual;
+  const Gate<float> gate = a.gate;
+  // k.v: center, k_dy, k_x, k_c, and for kGateFromX the forward's transform.
+  auto body = [=](auto ld, int64_t at, const auto& k) {
+    typename V::F zc = V::set1(0.0f), zk = zc, zt = zc;
+    if constexpr (Mode == kGateFromX) {
+      zc = k.v[4];
+      zk = k.v[5];
+      zt = k.v[6];
+    }
+    const typename V::F g = gated_dy<Mode>(gate, ld, x, dy, at, zc, zk, zt);
+    if constexpr (Dx) ld.store(dx + at, V::fma(k.v[1], g, V::fma(k.v[2], V::sub(ld(x + at), k.v[0]), k.v[3])));
+    if constexpr (Dres) ld.store(dres + at, g);
+  };
+  if constexpr (Mode == kGateFromX) {
+    const float* const tables[7] = {a.center, a.k_dy, a.k_x, a.k_c, gate.z_center, gate.z_scale, gate.z_shift};
+    walk(a.geometry, b, tables, a.stream, body);
+  } else {
+    const float* const tables[4] = {a.center, a.k_dy, a.k_x, a.k_c};
+    walk(a.geometry, b, tables, a.stream, body);
+  }
 }
 
 template <int Mode>
