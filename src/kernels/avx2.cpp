@@ -18,7 +18,9 @@ struct V {
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static F loadn(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm256_stream_ps(p, v); }
   static void storen(float* p, F v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static void fence() { _mm_sfence(); }
   static F set1(float a) { return _mm256_set1_ps(a); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
@@ -33,6 +35,12 @@ struct V {
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static D lo(F v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
   static D hi(F v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+  static D dload(const double* p) { return _mm256_loadu_pd(p); }
+  static D dset1(double a) { return _mm256_set1_pd(a); }
+  static D dsub(D a, D b) { return _mm256_sub_pd(a, b); }
+  static D dmul(D a, D b) { return _mm256_mul_pd(a, b); }
+  static D dfnma(D a, D b, D c) { return _mm256_fnmadd_pd(a, b, c); }  // c - a*b
+  static F narrow(D lo, D hi) { return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1); }
   static D dzero() { return _mm256_setzero_pd(); }
   static D dadd(D a, D b) { return _mm256_add_pd(a, b); }
   static D dfma(D a, D b, D c) { return _mm256_fmadd_pd(a, b, c); }

@@ -16,7 +16,9 @@ struct V {
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static F loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
   static void storen(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static void fence() { _mm_sfence(); }
   static F set1(float a) { return _mm512_set1_ps(a); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
@@ -28,6 +30,16 @@ struct V {
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static D lo(F v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
   static D hi(F v) { return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
+  static D dload(const double* p) { return _mm512_loadu_pd(p); }
+  static D dset1(double a) { return _mm512_set1_pd(a); }
+  static D dsub(D a, D b) { return _mm512_sub_pd(a, b); }
+  static D dmul(D a, D b) { return _mm512_mul_pd(a, b); }
+  static D dfnma(D a, D b, D c) { return _mm512_fnmadd_pd(a, b, c); }  // c - a*b
+  static F narrow(D lo, D hi) {
+    const __m512d both = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(lo))),
+                                            _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1);
+    return _mm512_castpd_ps(both);
+  }
   static D dzero() { return _mm512_setzero_pd(); }
   static D dadd(D a, D b) { return _mm512_add_pd(a, b); }
   static D dfma(D a, D b, D c) { return _mm512_fmadd_pd(a, b, c); }

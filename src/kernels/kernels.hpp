@@ -97,6 +97,7 @@ struct NormalizeArgs {
   const T* shift;
   const T* residual = nullptr;
   bool relu = false;
+  bool stream = false;  // hint: y is too large to stay in cache (non-temporal stores)
 };
 
 // The ReLU mask of a forward with the epilogue, for the backward: the gradient that reaches
@@ -139,6 +140,7 @@ struct BackwardDxArgs {
   const T* k_c;
   Gate<T> gate = {};
   T* dresidual = nullptr;  // when set: the gated dy (the residual's gradient); dx may be null then
+  bool stream = false;     // hint: dx is too large to stay in cache (non-temporal stores)
 };
 
 template <class T>

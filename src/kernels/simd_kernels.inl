@@ -71,6 +71,28 @@ inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, 
   sum.flush();  // the single-vector steps above bypass the step count
 }
 
+// --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
+// Stream: non-temporal stores where 64-byte aligned (outputs too large to cache).
+template <bool Stream>
+struct FullT {
+  int lanes() const { return V::W; }
+  typename V::F operator()(const float* p) const { return V::load(p); }
+  void store(float* p, typename V::F v) const {
+    if (Stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+      V::stream(p, v);
+    } else {
+      V::store(p, v);
+    }
+  }
+};
+using Full = FullT<false>;
+struct Tail {
+  int n;
+  int lanes() const { return n; }
+  typename V::F operator()(const float* p) const { return V::loadn(p, n); }
+  void store(float* p, typename V::F v) const { V::storen(p, v, n); }
+};
+
 // --- statistics -----------------------------------------------------------------------
 void stats_planar(const StatsArgs<float>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
@@ -110,62 +132,86 @@ void stats_planar(const StatsArgs<float>& args, const Block& block) {
   }
 }
 
-// Features last: rows are walked in memory order (walking down a column of features would
-// hit one cache set again and again when the row stride is a power of two). The running
-// sums of a segment of at most kSegment features live in small arrays (L1): float runs of
-// kRun rows, flushed to double.
-constexpr int64_t kSegment = 512;
+// Features last: the block is read once, in groups of kGroup rows. For each strip of V::W
+// features, the group's vectors stay in registers for an exact two-pass of their own (sums
+// of x - x0, x0 the group's first row, then squared deviations from the group mean, in
+// float on values near zero), and the group's (mean, M2) is merged into the block's running
+// (mean, M2) in double with Chan's formula. The strips of a group walk kGroup rows side by
+// side, which the hardware prefetchers follow as kGroup sequential streams.
+constexpr int kGroup = 8;
 
-// acc[f] += sum over rows [o0, o1) of value(row, f) for f in [0, n), in float runs of kRun
-// rows flushed to double; value(o, j) returns the vector of features [j, j + V::W) of row o
-// with lanes past n zeroed.
-template <class Value>
-inline void sum_rows(int64_t o0, int64_t o1, int64_t n, double* acc, Value value) {
-  alignas(64) float run[kSegment];
-  for (int64_t f = 0; f < n; ++f) acc[f] = 0.0;
-  for (int64_t r = o0; r < o1; r += kRun) {
-    const int64_t r1 = r + kRun < o1 ? r + kRun : o1;
-    for (int64_t j = 0; j < n; j += V::W) V::store(run + j, V::set1(0.0f));
-    for (int64_t o = r; o < r1; ++o) {
-      for (int64_t j = 0; j < n; j += V::W) V::store(run + j, V::add(V::load(run + j), value(o, j)));
-    }
-    for (int64_t j = 0; j < n; j += V::W) {
-      const int m = static_cast<int>(n - j < V::W ? n - j : V::W);
-      V::dadd_to(acc + j, V::lo(V::load(run + j)), V::hi(V::load(run + j)), m);
-    }
+// Both halves of a strip of V::W doubles at p (n valid lanes), through an aligned copy at a tail.
+struct DoubleStrip {
+  typename V::D lo, hi;
+  static DoubleStrip load(const double* p, int n) {
+    if (n == V::W) return {V::dload(p), V::dload(p + V::W / 2)};
+    alignas(64) double t[V::W] = {};
+    for (int l = 0; l < n; ++l) t[l] = p[l];
+    return {V::dload(t), V::dload(t + V::W / 2)};
   }
+  void store(double* p, int n) const {
+    if (n == V::W) {
+      V::dstore(p, lo);
+      V::dstore(p + V::W / 2, hi);
+      return;
+    }
+    alignas(64) double t[V::W];
+    V::dstore(t, lo);
+    V::dstore(t + V::W / 2, hi);
+    for (int l = 0; l < n; ++l) p[l] = t[l];
+  }
+};
+
+template <class Ld>
+inline void stats_group(const float* x, int64_t stride, int rows, Ld ld, double* mean, double* m2, double n_before) {
+  typename V::F v[kGroup];
+  for (int r = 0; r < rows; ++r) v[r] = ld(x + r * stride);
+  // Group mean: x0 + sum(x - x0)/rows.
+  typename V::F s = V::set1(0.0f);
+  for (int r = 1; r < rows; ++r) s = V::add(s, V::sub(v[r], v[0]));
+  const typename V::D inv = V::dset1(1.0 / rows);
+  const typename V::D mlo = V::dfma(V::lo(s), inv, V::lo(v[0])), mhi = V::dfma(V::hi(s), inv, V::hi(v[0]));
+  // Group M2 around m = float(mean): sum (x - m)^2 - rows*delta^2, delta = mean - m.
+  const typename V::F m = V::narrow(mlo, mhi);
+  typename V::F q = V::set1(0.0f);
+  for (int r = 0; r < rows; ++r) {
+    const typename V::F d = V::sub(v[r], m);
+    q = V::fma(d, d, q);
+  }
+  const typename V::D dlo = V::dsub(mlo, V::lo(m)), dhi = V::dsub(mhi, V::hi(m));
+  const typename V::D nr = V::dset1(static_cast<double>(rows));
+  const typename V::D qlo = V::dfnma(V::dmul(dlo, dlo), nr, V::lo(q)), qhi = V::dfnma(V::dmul(dhi, dhi), nr, V::hi(q));
+  const int n = ld.lanes();
+  if (n_before == 0) {
+    DoubleStrip{mlo, mhi}.store(mean, n);
+    DoubleStrip{qlo, qhi}.store(m2, n);
+    return;
+  }
+  // Chan: n = na + nb; delta = mb - ma; ma += delta*nb/n; M2a += M2b + delta^2*na*nb/n.
+  DoubleStrip ma = DoubleStrip::load(mean, n), qa = DoubleStrip::load(m2, n);
+  const double total = n_before + rows;
+  const typename V::D wb = V::dset1(rows / total), wab = V::dset1(n_before * rows / total);
+  const typename V::D elo = V::dsub(mlo, ma.lo), ehi = V::dsub(mhi, ma.hi);
+  ma.lo = V::dfma(elo, wb, ma.lo);
+  ma.hi = V::dfma(ehi, wb, ma.hi);
+  qa.lo = V::dadd(qa.lo, V::dfma(V::dmul(elo, elo), wab, qlo));
+  qa.hi = V::dadd(qa.hi, V::dfma(V::dmul(ehi, ehi), wab, qhi));
+  ma.store(mean, n);
+  qa.store(m2, n);
 }
 
 void stats_interleaved(const StatsArgs<float>& args, const Block& block) {
   const StatsArgs<float> a = args;
   const Block b = block;
   const int64_t span = a.geometry.span;
-  const double count = static_cast<double>(b.o1 - b.o0);
-  alignas(64) float center[kSegment];
-  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {
-    const int64_t n = b.s1 - s0 < kSegment ? b.s1 - s0 : kSegment;
-    const float* first = a.x + b.o0 * span + s0;
-    double* mean = a.mean + s0;
-    double* m2 = a.m2 + s0;
-    auto width = [&](int64_t j) { return static_cast<int>(n - j < V::W ? n - j : V::W); };
-    // Pass 1: sums of x - x0 (x0 = the block's first row) -> mean.
-    sum_rows(b.o0, b.o1, n, mean, [&](int64_t o, int64_t j) {
-      return V::sub(V::loadn(a.x + o * span + s0 + j, width(j)), V::loadn(first + j, width(j)));
-    });
-    for (int64_t f = 0; f < n; ++f) {
-      mean[f] = static_cast<double>(first[f]) + mean[f] / count;
-      center[f] = static_cast<float>(mean[f]);
-    }
-    // Pass 2 (the block is in cache): squared deviations from float(mean);
-    // sum (x - mean)^2 = sum d^2 - n*delta^2.
-    sum_rows(b.o0, b.o1, n, m2, [&](int64_t o, int64_t j) {
-      const typename V::F d = V::subn(a.x + o * span + s0 + j, V::load(center + j), width(j));
-      return V::fma(d, d, V::set1(0.0f));
-    });
-    for (int64_t f = 0; f < n; ++f) {
-      const double delta = mean[f] - static_cast<double>(center[f]);
-      m2[f] -= count * delta * delta;
-    }
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  const Tail tail{static_cast<int>(b.s1 - full)};
+  for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
+    const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
+    const double before = static_cast<double>(g0 - b.o0);
+    const float* x = a.x + g0 * span;
+    for (int64_t j = b.s0; j < full; j += V::W) stats_group(x + j, span, rows, Full{}, a.mean + j, a.m2 + j, before);
+    if (tail.n) stats_group(x + full, span, rows, tail, a.mean + full, a.m2 + full, before);
   }
 }
 
@@ -179,17 +225,6 @@ void stats_simd(const StatsArgs<float>& args, const Block& block) {
   reference_f32().stats(a, b);
 }
 
-// --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
-struct Full {
-  typename V::F operator()(const float* p) const { return V::load(p); }
-  void store(float* p, typename V::F v) const { V::store(p, v); }
-};
-struct Tail {
-  int n;
-  typename V::F operator()(const float* p) const { return V::loadn(p, n); }
-  void store(float* p, typename V::F v) const { V::storen(p, v, n); }
-};
-
 // Per-feature constants of one vector: N arrays indexed by feature, each as a vector.
 template <int N>
 struct Consts {
@@ -199,33 +234,75 @@ struct Consts {
 // Walks the elements of a block one vector at a time, calling body(ld, at, k) with the loader
 // for that vector, its element offset and the vectors k.v[i] of the per-feature constants
 // tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
-// Null tables give zero vectors.
-template <int N, class Body>
-inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], Body body) {
+// Interleaved rows of exactly Strips vectors (the last possibly a tail): the constants of
+// every strip stay in registers for all rows, and the strip loop is unrolled.
+template <int Strips, int N, class Whole, class Body>
+inline void walk_narrow(const Geometry& g, const Block& b, const float* const (&tables)[N], Whole whole, Body body) {
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  const Tail tail{static_cast<int>(b.s1 - full)};
+  Consts<N> ks[Strips];
+  for (int t = 0; t < Strips; ++t) {
+    const int64_t j = b.s0 + t * V::W;
+    for (int i = 0; i < N; ++i) ks[t].v[i] = j < full ? V::load(tables[i] + j) : tail(tables[i] + j);
+  }
+  for (int64_t o = b.o0; o < b.o1; ++o) {
+    const int64_t row = o * g.span + b.s0;
+    for (int t = 0; t < Strips - 1; ++t) body(whole, row + t * V::W, ks[t]);
+    if (tail.n) {
+      body(tail, row + (Strips - 1) * V::W, ks[Strips - 1]);
+    } else {
+      body(whole, row + (Strips - 1) * V::W, ks[Strips - 1]);
+    }
+  }
+}
+
+// Walks the elements of a block one vector at a time, calling body(ld, at, k) with the loader
+// for that vector, its element offset and the vectors k.v[i] of the per-feature constants
+// tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
+template <bool Stream, int N, class Body>
+inline void walk_stream(const Geometry& g, const Block& b, const float* const (&tables)[N], Body body) {
   Consts<N> k;
+  const FullT<Stream> whole;
   if (is_planar(g)) {
     const int64_t full = g.inner / V::W * V::W;
     const Tail tail{static_cast<int>(g.inner - full)};
     for (int64_t o = b.o0; o < b.o1; ++o) {
       for (int64_t s = b.s0; s < b.s1; ++s) {
-        for (int i = 0; i < N; ++i) k.v[i] = V::set1(tables[i] ? tables[i][s] : 0.0f);
+        for (int i = 0; i < N; ++i) k.v[i] = V::set1(tables[i][s]);
         const int64_t base = (o * g.span + s) * g.inner;
-        for (int64_t i = 0; i < full; i += V::W) body(Full{}, base + i, k);
+        for (int64_t i = 0; i < full; i += V::W) body(whole, base + i, k);
         if (tail.n) body(tail, base + full, k);
       }
     }
     return;
   }
+  switch ((b.s1 - b.s0 + V::W - 1) / V::W) {
+    case 1: return walk_narrow<1>(g, b, tables, whole, body);
+    case 2: return walk_narrow<2>(g, b, tables, whole, body);
+    case 3: return walk_narrow<3>(g, b, tables, whole, body);
+    case 4: return walk_narrow<4>(g, b, tables, whole, body);
+    default: break;
+  }
   const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
   const Tail tail{static_cast<int>(b.s1 - full)};
   auto vector_at = [&](auto ld, int64_t row, int64_t j) {
-    for (int i = 0; i < N; ++i) k.v[i] = tables[i] ? ld(tables[i] + j) : V::set1(0.0f);
+    for (int i = 0; i < N; ++i) k.v[i] = ld(tables[i] + j);
     body(ld, row + j, k);
   };
   for (int64_t o = b.o0; o < b.o1; ++o) {
     const int64_t row = o * g.span;
-    for (int64_t j = b.s0; j < full; j += V::W) vector_at(Full{}, row, j);
+    for (int64_t j = b.s0; j < full; j += V::W) vector_at(whole, row, j);
     if (tail.n) vector_at(tail, row, full);
+  }
+}
+
+template <int N, class Body>
+inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], bool stream, Body body) {
+  if (stream) {
+    walk_stream<true>(g, b, tables, body);
+    V::fence();  // order the non-temporal stores before the task completes
+  } else {
+    walk_stream<false>(g, b, tables, body);
   }
 }
 
@@ -233,11 +310,14 @@ inline void walk(const Geometry& g, const Block& b, const float* const (&tables)
 template <bool Residual, bool Relu>
 void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
   const float* const tables[3] = {a.center, a.scale, a.shift};
-  walk(a.geometry, b, tables, [&](auto ld, int64_t at, const Consts<3>& k) {
-    typename V::F z = V::fma(V::sub(ld(a.x + at), k.v[0]), k.v[1], k.v[2]);
-    if constexpr (Residual) z = V::add(z, ld(a.residual + at));
+  const float* x = a.x;
+  const float* residual = a.residual;
+  float* y = a.y;
+  walk(a.geometry, b, tables, a.stream, [x, residual, y](auto ld, int64_t at, const Consts<3>& k) {
+    typename V::F z = V::fma(V::sub(ld(x + at), k.v[0]), k.v[1], k.v[2]);
+    if constexpr (Residual) z = V::add(z, ld(residual + at));
     if constexpr (Relu) z = V::max0(z);
-    ld.store(a.y + at, z);
+    ld.store(y + at, z);
   });
 }
 
@@ -309,31 +389,33 @@ void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
     }
     return;
   }
-  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {
-    const int64_t n = b.s1 - s0 < kSegment ? b.s1 - s0 : kSegment;
-    // The gated dy of the vector of features [s0 + j, ...) of row o.
-    auto dy_at = [&](auto ld, int64_t o, int64_t j) {
-      const int64_t f = s0 + j;
-      if constexpr (Mode == kGateFromX) {
-        return gated_dy<Mode>(a.gate, ld, a.x, a.dy, o * g.span + f, ld(a.gate.z_center + f), ld(a.gate.z_scale + f),
-                              ld(a.gate.z_shift + f));
-      } else {
-        const typename V::F zero = V::set1(0.0f);
-        return gated_dy<Mode>(a.gate, ld, a.x, a.dy, o * g.span + f, zero, zero, zero);
-      }
-    };
-    auto with_loader = [&](int64_t j, auto use) {
-      return n - j >= V::W ? use(Full{}) : use(Tail{static_cast<int>(n - j)});
-    };
-    sum_rows(b.o0, b.o1, n, a.sum_dy + s0, [&](int64_t o, int64_t j) {
-      return with_loader(j, [&](auto ld) { return dy_at(ld, o, j); });
-    });
-    sum_rows(b.o0, b.o1, n, a.sum_dyxc + s0, [&](int64_t o, int64_t j) {
-      return with_loader(j, [&](auto ld) {
-        const int64_t f = s0 + j;
-        return V::fma(dy_at(ld, o, j), V::sub(ld(a.x + o * g.span + f), ld(a.center + f)), V::set1(0.0f));
-      });
-    });
+  // Features last: groups of kGroup rows; per strip, the group's sums in float registers are
+  // widened and added to the block's double sums.
+  for (int64_t f = b.s0; f < b.s1; ++f) a.sum_dy[f] = a.sum_dyxc[f] = 0.0;
+  const int64_t span = g.span;
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  auto strip = [&](auto ld, int64_t g0, int rows, int64_t j) {
+    const typename V::F c = ld(a.center + j);
+    typename V::F zc = V::set1(0.0f), zk = zc, zt = zc;
+    if constexpr (Mode == kGateFromX) {
+      zc = ld(a.gate.z_center + j);
+      zk = ld(a.gate.z_scale + j);
+      zt = ld(a.gate.z_shift + j);
+    }
+    typename V::F sy = V::set1(0.0f), sp = sy;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t at = (g0 + r) * span + j;
+      const typename V::F dy = gated_dy<Mode>(a.gate, ld, a.x, a.dy, at, zc, zk, zt);
+      sy = V::add(sy, dy);
+      sp = V::fma(dy, V::sub(ld(a.x + at), c), sp);
+    }
+    V::dadd_to(a.sum_dy + j, V::lo(sy), V::hi(sy), ld.lanes());
+    V::dadd_to(a.sum_dyxc + j, V::lo(sp), V::hi(sp), ld.lanes());
+  };
+  for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
+    const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
+    for (int64_t j = b.s0; j < full; j += V::W) strip(Full{}, g0, rows, j);
+    if (full < b.s1) strip(Tail{static_cast<int>(b.s1 - full)}, g0, rows, full);
   }
 }
 
@@ -351,19 +433,30 @@ void backward_sums_simd(const BackwardSumsArgs<float>& args, const Block& block)
 // --- backward dx = fma(k_dy, dy, fma(k_x, x - c, k_c)); dresidual = dy (gated) ---------
 template <int Mode, bool Dx, bool Dres>
 void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
-  const bool from_x = Mode == kGateFromX;
-  const float* const tables[7] = {a.center,
-                                  a.k_dy,
-                                  a.k_x,
-                                  a.k_c,
-                                  from_x ? a.gate.z_center : nullptr,
-                                  from_x ? a.gate.z_scale : nullptr,
-                                  from_x ? a.gate.z_shift : nullptr};
-  walk(a.geometry, b, tables, [&](auto ld, int64_t at, const Consts<7>& k) {
-    const typename V::F dy = gated_dy<Mode>(a.gate, ld, a.x, a.dy, at, k.v[4], k.v[5], k.v[6]);
-    if constexpr (Dx) ld.store(a.dx + at, V::fma(k.v[1], dy, V::fma(k.v[2], V::sub(ld(a.x + at), k.v[0]), k.v[3])));
-    if constexpr (Dres) ld.store(a.dresidual + at, dy);
-  });
+  const float* x = a.x;
+  const float* dy = a.dy;
+  float* dx = a.dx;
+  float* dres = a.dresidual;
+  const Gate<float> gate = a.gate;
+  // k.v: center, k_dy, k_x, k_c, and for kGateFromX the forward's transform.
+  auto body = [=](auto ld, int64_t at, const auto& k) {
+    typename V::F zc = V::set1(0.0f), zk = zc, zt = zc;
+    if constexpr (Mode == kGateFromX) {
+      zc = k.v[4];
+      zk = k.v[5];
+      zt = k.v[6];
+    }
+    const typename V::F g = gated_dy<Mode>(gate, ld, x, dy, at, zc, zk, zt);
+    if constexpr (Dx) ld.store(dx + at, V::fma(k.v[1], g, V::fma(k.v[2], V::sub(ld(x + at), k.v[0]), k.v[3])));
+    if constexpr (Dres) ld.store(dres + at, g);
+  };
+  if constexpr (Mode == kGateFromX) {
+    const float* const tables[7] = {a.center, a.k_dy, a.k_x, a.k_c, gate.z_center, gate.z_scale, gate.z_shift};
+    walk(a.geometry, b, tables, a.stream, body);
+  } else {
+    const float* const tables[4] = {a.center, a.k_dy, a.k_x, a.k_c};
+    walk(a.geometry, b, tables, a.stream, body);
+  }
 }
 
 template <int Mode>

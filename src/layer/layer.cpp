@@ -14,6 +14,14 @@ namespace {
 
 constexpr int32_t kMaxThreads = 4096;
 constexpr int64_t kFeaturesPerTask = 256;  // per-feature work is split in chunks of this size
+// Outputs of at least this many bytes are written with non-temporal stores: they would push
+// everything else out of the caches anyway, and streaming saves reading them in first.
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+template <class T>
+bool stream_output(const ShapePlan& plan) {
+  return plan.elements * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+}
 
 std::string shape_text(const int64_t* shape, int32_t ndim) {
   std::string s = "(";
@@ -307,7 +315,8 @@ void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const 
                                        pf.k1.data(),
                                        pf.k2.data(),
                                        static_cast<const T*>(io.residual),
-                                       config_.relu};
+                                       config_.relu,
+                                       stream_output<T>(plan)};
   executor_.for_blocks(plan.grid.count(), [&](int64_t b) { k.normalize(args, plan.grid.block(plan.geometry, b)); });
 }
 
@@ -333,7 +342,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   };
   const kernels::NormalizeArgs<T> norm{g,           x,           static_cast<T*>(io.y), pf.center.data(),
                                        pf.k1.data(), pf.k2.data(), static_cast<const T*>(io.residual),
-                                       config_.relu};
+                                       config_.relu, stream_output<T>(plan)};
 
   if (plan.elements > 0) {
     if (grid.o_blocks == 1) {
@@ -511,7 +520,8 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   };
   const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
   const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
-                                           pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual};
+                                           pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual,
+                                           stream_output<T>(plan)};
   const bool elementwise = dx || dresidual;
 
   if (!batch && !param_grads) {

@@ -18,11 +18,11 @@ constexpr int64_t kMinPerPartial = 256;
 // Features-first layouts whose per-feature slice (all rows of one feature) holds at most
 // this many elements get column blocks: a block holds every row of its features, so the
 // training forward and the backward finish a block while it is in cache (one read of x).
-constexpr int64_t kColumnBudget = int64_t{1} << 16;
+constexpr int64_t kColumnBudget = int64_t{1} << 17;
 constexpr int64_t kMinPlanarInner = 16;
 // Features-last layouts: blocks of whole rows of up to kMaxRowBlock features, at least
 // kMinRowsInterleaved rows (so the partials stay at most 1/16 of x in bytes).
-constexpr int64_t kMaxRowBlock = 512;
+constexpr int64_t kMaxRowBlock = int64_t{1} << 14;
 constexpr int64_t kMinRowsInterleaved = 64;
 
 std::string shape_text(const int64_t* shape, int32_t ndim) {
