@@ -20,6 +20,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== configuring and building in $BUILD_DIR"
-cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DBN_WARNINGS_AS_ERRORS=ON ${BN_CMAKE_ARGS:-}
+cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DBN_WARNINGS_AS_ERRORS=ON -DBN_BUILD_BENCH=ON ${BN_CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"$(nproc)"
 export BUILD_DIR
