@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "layer/keras_options.hpp"
+
 namespace bn {
 
 enum class DType : int32_t { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
@@ -27,6 +29,7 @@ struct Config {
   MovingVariance moving_variance = MovingVariance::automatic;
   bool cumulative_average = false;
   SingleValue single_value = SingleValue::compute;
+  KerasParamOptions keras;  // initializers, regularizers, constraints
 };
 
 // Limits of the layer.

@@ -62,6 +62,10 @@ class Layer {
   void get_param(Param which, void* out, int64_t count) const;
   void set_param(Param which, const void* values, int64_t count);
 
+  // Keras regularizers and constraints of gamma and beta (keras_params.cpp has the math).
+  double regularization_loss() const;
+  void apply_constraints();
+
  private:
   class Access;  // RAII guard: shared (inference forward, reads) or exclusive
 
@@ -76,6 +80,7 @@ class Layer {
   template <class T> const PerFeature<T>& inference_constants() const;
   template <class T> PerFeature<T>& call_constants();
   void write_params(const std::vector<double>& values, void* out) const;
+  void init_keras_params();
 
   Config config_;
   AxisPlan axes_;
@@ -87,6 +92,7 @@ class Layer {
   std::vector<double> gamma_, beta_, moving_mean_, moving_variance_;
   std::vector<double> batch_mean_, batch_variance_;  // last training forward, full precision
   int64_t updates_ = 0;                               // training steps taken (cumulative average)
+  std::vector<int64_t> storage_shape_;                // Keras' shape of gamma/beta (constraint axes)
 
   // The folded inference transform (center, scale, shift), kept current so that concurrent
   // inference forwards only read; and the per-call constants of training calls. Only the
