@@ -13,6 +13,7 @@
 #include "batchnorm/batchnorm.h"
 #include "layer/config.hpp"
 #include "layer/error.hpp"
+#include "layer/keras_params.hpp"
 #include "layer/layer.hpp"
 
 struct bn_config {
@@ -37,6 +38,10 @@ static_assert(BN_ERR_CALLBACK == static_cast<int32_t>(bn::Status::callback), "st
 static_assert(BN_ERR_NONFINITE == static_cast<int32_t>(bn::Status::nonfinite), "status");
 static_assert(BN_ERR_INTERNAL == static_cast<int32_t>(bn::Status::internal), "status");
 static_assert(BN_PARAM_MOVING_STDDEV == static_cast<int32_t>(bn::Param::moving_stddev), "param");
+static_assert(BN_INITIALIZER_TRUNCATED_NORMAL == static_cast<int32_t>(bn::InitKind::truncated_normal), "initializer");
+static_assert(BN_INITIALIZER_ZEROS == static_cast<int32_t>(bn::InitKind::zeros), "initializer");
+static_assert(BN_CONSTRAINT_MIN_MAX_NORM == static_cast<int32_t>(bn::ConstraintKind::min_max_norm), "constraint");
+static_assert(BN_CONSTRAINT_NONE == static_cast<int32_t>(bn::ConstraintKind::none), "constraint");
 
 // Fixed buffer: no allocation, so out-of-memory can still be reported.
 thread_local char g_last_error[512] = "";
@@ -121,6 +126,14 @@ void fold_into(const std::vector<double>& scale, const std::vector<double>& shif
     const double b = bias ? static_cast<double>(bias[o]) : 0.0;
     bias_out[o] = static_cast<T>(b * scale[o] + shift[o]);
   }
+}
+
+// GAMMA or BETA, the parameters that have regularizers and constraints.
+bn::Param trainable_param(bn_param which) {
+  if (which != BN_PARAM_GAMMA && which != BN_PARAM_BETA) {
+    invalid("which=" + std::to_string(which) + " but only BN_PARAM_GAMMA (0) and BN_PARAM_BETA (1) are trainable");
+  }
+  return static_cast<bn::Param>(which);
 }
 
 }  // namespace
@@ -316,6 +329,60 @@ bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user
   });
 }
 
+bn_status bn_config_set_initializer(bn_config* cfg, bn_param which, bn_initializer kind, double a, double b,
+                                    uint64_t seed) {
+  return guarded("bn_config_set_initializer", [&] {
+    require(cfg, "cfg");
+    const auto p = as_enum<bn::Param>(which, BN_PARAM_GAMMA, BN_PARAM_MOVING_STDDEV, "which");
+    if (which > BN_PARAM_MOVING_VARIANCE) {
+      invalid("which=" + std::to_string(which) + " has no initializer of its own (expected BN_PARAM_GAMMA, _BETA, "
+              "_MOVING_MEAN or _MOVING_VARIANCE: 0 to 3)");
+    }
+    const bn::Initializer init{
+        as_enum<bn::InitKind>(kind, BN_INITIALIZER_ZEROS, BN_INITIALIZER_TRUNCATED_NORMAL, "kind"), a, b, seed};
+    bn::check_initializer(init, p == bn::Param::moving_variance);
+    bn::KerasParamOptions& k = cfg->config.keras;
+    switch (p) {
+      case bn::Param::gamma: k.gamma_init = init; break;
+      case bn::Param::beta: k.beta_init = init; break;
+      case bn::Param::moving_mean: k.moving_mean_init = init; break;
+      default: k.moving_variance_init = init; break;
+    }
+  });
+}
+
+bn_status bn_config_set_regularizer(bn_config* cfg, bn_param which, double l1, double l2) {
+  return guarded("bn_config_set_regularizer", [&] {
+    require(cfg, "cfg");
+    const bn::Param p = trainable_param(which);
+    const bn::Regularizer reg{l1, l2};
+    bn::check_regularizer(reg);
+    (p == bn::Param::gamma ? cfg->config.keras.gamma_regularizer : cfg->config.keras.beta_regularizer) = reg;
+  });
+}
+
+bn_status bn_config_set_constraint(bn_config* cfg, bn_param which, bn_constraint kind, double min_value,
+                                   double max_value, double rate, const int32_t* axes, int32_t axis_count) {
+  return guarded("bn_config_set_constraint", [&] {
+    require(cfg, "cfg");
+    const bn::Param p = trainable_param(which);
+    bn::Constraint c;
+    c.kind = as_enum<bn::ConstraintKind>(kind, BN_CONSTRAINT_NONE, BN_CONSTRAINT_MIN_MAX_NORM, "kind");
+    c.min_value = min_value;
+    c.max_value = max_value;
+    c.rate = rate;
+    if (c.kind != bn::ConstraintKind::none && c.kind != bn::ConstraintKind::non_neg) {
+      if (axis_count < 1 || axis_count > bn::kMaxRank) {
+        invalid("axis_count=" + std::to_string(axis_count) + " but it must be 1 to " + std::to_string(bn::kMaxRank));
+      }
+      require(axes, "axes");
+      c.axes.assign(axes, axes + axis_count);
+    }
+    bn::check_constraint(c);
+    (p == bn::Param::gamma ? cfg->config.keras.gamma_constraint : cfg->config.keras.beta_constraint) = c;
+  });
+}
+
 // ---------------------------------------------------------------------------
 // Layer
 bn_status bn_create(const bn_config* cfg, const int64_t* input_shape, int32_t ndim, bn_layer** out) {
@@ -480,6 +547,24 @@ bn_status bn_fold_into(const bn_layer* layer, void* weights, int64_t weights_per
       fold_into(k, t, static_cast<float*>(weights), weights_per_feature, static_cast<const float*>(bias),
                 static_cast<float*>(bias_out));
     }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Regularizers and constraints
+
+bn_status bn_regularization_loss(const bn_layer* layer, double* loss_out) {
+  return guarded("bn_regularization_loss", [&] {
+    require(layer, "layer");
+    require(loss_out, "loss_out");
+    *loss_out = layer->layer.regularization_loss();
+  });
+}
+
+bn_status bn_apply_constraints(bn_layer* layer) {
+  return guarded("bn_apply_constraints", [&] {
+    require(layer, "layer");
+    layer->layer.apply_constraints();
   });
 }
 

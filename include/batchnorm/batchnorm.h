@@ -116,6 +116,26 @@ typedef int32_t bn_param;
 #define BN_PARAM_BATCH_VARIANCE 7 /* read-only: its biased batch variance */
 #define BN_PARAM_MOVING_STDDEV 8  /* renorm only: Keras' moving_stddev variable */
 
+/* Initializers (Keras *_initializer), for bn_config_set_initializer. The arguments a and b
+ * are given per kind; Keras' defaults are noted. */
+typedef int32_t bn_initializer;
+#define BN_INITIALIZER_ZEROS 0            /* Keras zeros */
+#define BN_INITIALIZER_ONES 1             /* Keras ones */
+#define BN_INITIALIZER_CONSTANT 2         /* a = value (Keras Constant(0)) */
+#define BN_INITIALIZER_RANDOM_NORMAL 3    /* a = mean, b = stddev > 0 (Keras 0, 0.05) */
+#define BN_INITIALIZER_RANDOM_UNIFORM 4   /* a = minval <= b = maxval (Keras -0.05, 0.05) */
+#define BN_INITIALIZER_TRUNCATED_NORMAL 5 /* a = mean, b = stddev > 0 (Keras 0, 0.05); draws
+                                             beyond 2 stddev are redrawn */
+
+/* Constraints (Keras *_constraint), for bn_config_set_constraint. */
+typedef int32_t bn_constraint;
+#define BN_CONSTRAINT_NONE 0         /* no constraint (default) */
+#define BN_CONSTRAINT_NON_NEG 1      /* w * (w >= 0) (Keras 2 NonNeg) */
+#define BN_CONSTRAINT_UNIT_NORM 2    /* w / (e + norms) */
+#define BN_CONSTRAINT_MAX_NORM 3     /* w * (min(norms, max_value) / (e + norms)) */
+#define BN_CONSTRAINT_MIN_MAX_NORM 4 /* w * ((rate*clip(norms, min_value, max_value)
+                                        + (1 - rate)*norms) / (e + norms)) */
+
 /* ------------------------------------------------------------------------ */
 /* Callbacks                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -183,6 +203,47 @@ BN_API bn_status bn_config_set_relu(bn_config* cfg, int enabled);
 BN_API bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user_data);
 
 /* ------------------------------------------------------------------------ */
+/* Initializers, regularizers and constraints (Keras)                        */
+/* ------------------------------------------------------------------------ */
+/* Settings for a parameter the layer does not have (GAMMA with scale 0, BETA with center 0)
+ * are ignored at bn_create, as Keras ignores them. Setting a kind again replaces it. */
+/** Initializer of `which` (BN_PARAM_GAMMA, _BETA, _MOVING_MEAN or _MOVING_VARIANCE), applied
+ *  at bn_create; unset parameters keep gamma 1, beta 0, moving mean 0, moving variance 1.
+ *  a and b: see BN_INITIALIZER_*; arguments a kind does not use are not read, nor is the
+ *  seed of ZEROS, ONES and CONSTANT. For the moving variance only kinds that cannot draw a
+ *  negative value are accepted: ZEROS, ONES, CONSTANT with a >= 0, RANDOM_UNIFORM with
+ *  a >= 0, TRUNCATED_NORMAL with a >= 2*b (RANDOM_NORMAL is refused).
+ *  Random values are bitwise the same on every platform: a SplitMix64 stream whose state
+ *  starts at `seed` gives 64-bit words w, u = (w >> 11) * 2^-53; values are drawn in the
+ *  order of bn_get_param (row-major over the kept axes), each taking the next words:
+ *  RANDOM_UNIFORM one (a + (b - a)*u), RANDOM_NORMAL two (a + b*z with Box-Muller
+ *  z = sqrt(-2 ln u1) cos(2 pi u2), u1 = ((w1 >> 11) + 1) * 2^-53, u2 from w2; ln and cos
+ *  are the library's own), TRUNCATED_NORMAL two per attempt until |z| <= 2. Values are
+ *  computed in double and rounded to float for non-BN_F64 layers. The values depend on
+ *  (kind, a, b, seed) only, not on `which`: two parameters given the same initializer and
+ *  seed start equal, as two Keras initializers with one seed do. A value that is not finite
+ *  in the layer's storage type fails bn_create (BN_ERR_INVALID_ARGUMENT). */
+BN_API bn_status bn_config_set_initializer(bn_config* cfg, bn_param which, bn_initializer kind, double a,
+                                           double b, uint64_t seed);
+/** Regularizer of `which` (BN_PARAM_GAMMA or BN_PARAM_BETA): Keras L1L2, a penalty
+ *  l1*sum|w| + l2*sum w^2 (no 1/2). l1, l2 finite and >= 0; 0, 0 = none; Keras L1(l) is
+ *  (l, 0), L2(l) is (0, l). Its gradient is added to dgamma/dbeta by bn_backward. */
+BN_API bn_status bn_config_set_regularizer(bn_config* cfg, bn_param which, double l1, double l2);
+/** Constraint of `which` (BN_PARAM_GAMMA or BN_PARAM_BETA), applied by bn_apply_constraints.
+ *  e = 1e-7 (Keras backend.epsilon()); norms = sqrt(sum of w^2 over `axes`) of Keras'
+ *  storage shape of the parameter: (C,) when the layer has one axis (so axis 0 or -1 is
+ *  all features), else the input's rank with the kept sizes and 1 on the other dims (so an
+ *  axis that is not kept has size 1 and its norms are |w|). The norm kinds (UNIT_NORM,
+ *  MAX_NORM, MIN_MAX_NORM) need 1 to 8 distinct axes (Keras `axis`, default 0), checked
+ *  against the storage rank at bn_create; MAX_NORM needs max_value >= 0 (Keras default 2);
+ *  MIN_MAX_NORM 0 <= min_value <= max_value (Keras defaults 0, 1) and rate in [0, 1]
+ *  (Keras default 1).
+ *  Arguments a kind does not use are not read (axes may then be NULL). */
+BN_API bn_status bn_config_set_constraint(bn_config* cfg, bn_param which, bn_constraint kind, double min_value,
+                                          double max_value, double rate, const int32_t* axes,
+                                          int32_t axis_count);
+
+/* ------------------------------------------------------------------------ */
 /* The layer                                                                 */
 /* ------------------------------------------------------------------------ */
 typedef struct bn_layer bn_layer;
@@ -190,7 +251,8 @@ typedef struct bn_layer bn_layer;
 /** Builds a layer for inputs like `input_shape` (1 <= ndim <= 8, sizes >= 0; the sizes
  *  along the configured axes must be >= 1). ndim and the kept sizes are fixed from then
  *  on; the other sizes (batch, spatial) may change from call to call. The config is
- *  copied. Parameters start at gamma 1, beta 0, moving mean 0, moving variance 1.
+ *  copied. Parameters start at gamma 1, beta 0, moving mean 0, moving variance 1, or as
+ *  the configured initializers give them.
  *  A new layer is in inference mode. The caller owns *out (release with bn_destroy). */
 BN_API bn_status bn_create(const bn_config* cfg, const int64_t* input_shape, int32_t ndim,
                            bn_layer** out);
@@ -220,7 +282,8 @@ BN_API bn_status bn_forward(bn_layer* layer, const int64_t* shape, int32_t ndim,
 /** Gradient of the most recent bn_forward of this layer, which must have had the same
  *  shape and the same x (BN_ERR_STATE otherwise, or if a parameter was set since).
  *  dx may equal dy. dx, dgamma, dbeta may each be NULL to skip it; dgamma and dbeta
- *  (num_features each) are overwritten, not accumulated. */
+ *  (num_features each) are overwritten, not accumulated, and include the gradient of any
+ *  configured regularizer (a frozen layer reports zeros). */
 BN_API bn_status bn_backward(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x,
                              const void* dy, void* dx, void* dgamma, void* dbeta);
 
@@ -264,6 +327,21 @@ BN_API bn_status bn_fold(const bn_layer* layer, void* scale, void* shift, int64_
  *  no bias (0). bias_out may equal bias. Element type as for bn_fold. */
 BN_API bn_status bn_fold_into(const bn_layer* layer, void* weights, int64_t weights_per_feature,
                               const void* bias, void* bias_out, int64_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Regularizers and constraints (Keras *_regularizer, *_constraint)          */
+/* ------------------------------------------------------------------------ */
+/** The configured regularizers' penalty on the current gamma and beta, in double: the sum
+ *  over regularized parameters of l1*sum|w| + l2*sum w^2 (0 with none). Counted for a frozen
+ *  layer too, as Keras 2 does; a parameter the layer does not have adds nothing. */
+BN_API bn_status bn_regularization_loss(const bn_layer* layer, double* loss_out);
+/** Applies the configured constraints to gamma and beta, as Keras does after each optimizer
+ *  update: call it after writing the updated parameters with bn_set_param. Computed in
+ *  double, rounded to the parameter type. When a constraint is configured it invalidates the
+ *  saved forward, like bn_set_param; with none, or on a frozen layer (trainable 0, whose
+ *  gamma and beta Keras' optimizer does not touch), it does nothing. A result that is not finite
+ *  (sum w^2 overflowing a double) fails with BN_ERR_NONFINITE and changes nothing. */
+BN_API bn_status bn_apply_constraints(bn_layer* layer);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "layer/keras_options.hpp"
+
 namespace bn {
 
 enum class DType : int32_t { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
@@ -28,6 +30,7 @@ struct Config {
   bool cumulative_average = false;
   SingleValue single_value = SingleValue::compute;
   bool relu = false;  // fused epilogue: y = max(bn(x) + residual, 0)
+  KerasParamOptions keras;  // initializers, regularizers, constraints
 };
 
 // Limits of the layer.

@@ -8,6 +8,7 @@
 
 #include "kernels/kernels.hpp"
 #include "layer/error.hpp"
+#include "layer/keras_params.hpp"
 
 namespace bn {
 namespace {
@@ -171,6 +172,7 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
   beta_.assign(c, 0.0);
   moving_mean_.assign(c, 0.0);
   moving_variance_.assign(c, 1.0);
+  init_keras_params();
   batch_mean_.assign(c, 0.0);
   batch_variance_.assign(c, 0.0);
   saved_inv_std_.assign(c, 0.0);
@@ -455,6 +457,10 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
   // work_c_ holds dgamma, work_d_ dbeta (zero where the parameter is absent or frozen).
   std::vector<double>& dg = work_c_;
   std::vector<double>& db = work_d_;
+  if (param_grads) {  // Keras adds the regularizers' gradients (B.8); absent parameters are zeroed below
+    add_regularizer_gradient(config_.keras.gamma_regularizer, gamma_, dg);
+    add_regularizer_gradient(config_.keras.beta_regularizer, beta_, db);
+  }
   for (size_t f = 0; f < dg.size(); ++f) {
     dg[f] = param_grads && config_.scale ? round_param(dg[f]) : 0.0;
     db[f] = param_grads && config_.center ? round_param(db[f]) : 0.0;
@@ -647,6 +653,57 @@ void Layer::set_param(Param which, const void* values, int64_t count) {
     }
   }
   for (int64_t i = 0; i < count; ++i) (*target)[static_cast<size_t>(i)] = value(i);
+  saved_.valid = false;
+  inference_stale_ = true;
+  if (!uses_batch_statistics()) refresh_inference_transform();
+}
+
+// ---------------------------------------------------------------------------
+// Keras initializers, regularizers and constraints (SEMANTICS B.6, B.8; math in keras_params.cpp).
+// Options for a parameter the layer does not have (gamma with scale=0, beta with center=0)
+// are ignored, as Keras ignores them.
+void Layer::init_keras_params() {
+  const KerasParamOptions& k = config_.keras;
+  const bool f64 = config_.dtype == DType::f64;
+  const int64_t c = axes_.features;
+  storage_shape_ = storage_shape(config_.axes.size(), axes_);
+  if (config_.scale) {
+    check_constraint_axes(k.gamma_constraint, storage_shape_, "GAMMA");
+    gamma_ = initial_values(k.gamma_init, c, 0, f64, "GAMMA");
+  }
+  if (config_.center) {
+    check_constraint_axes(k.beta_constraint, storage_shape_, "BETA");
+    beta_ = initial_values(k.beta_init, c, 0, f64, "BETA");
+  }
+  moving_mean_ = initial_values(k.moving_mean_init, c, 0, f64, "MOVING_MEAN");
+  moving_variance_ = initial_values(k.moving_variance_init, c, 0, f64, "MOVING_VARIANCE");
+}
+
+double Layer::regularization_loss() const {
+  Access shared(users_, false);
+  double loss = 0.0;
+  if (config_.scale) loss += regularizer_loss(config_.keras.gamma_regularizer, gamma_);
+  if (config_.center) loss += regularizer_loss(config_.keras.beta_regularizer, beta_);
+  return loss;
+}
+
+// Keras' optimizer applies constraints to the trainable variables after its update; here the
+// caller's update goes through bn_set_param, then this. A frozen layer's gamma and beta are
+// not trainable, so nothing happens. Like bn_set_param it invalidates the saved forward
+// whenever a constraint acts (configured on a parameter the layer has).
+void Layer::apply_constraints() {
+  Access exclusive(users_, true);
+  const KerasParamOptions& k = config_.keras;
+  const bool f64 = config_.dtype == DType::f64;
+  const bool on_gamma = config_.trainable && config_.scale && k.gamma_constraint.kind != ConstraintKind::none;
+  const bool on_beta = config_.trainable && config_.center && k.beta_constraint.kind != ConstraintKind::none;
+  if (!on_gamma && !on_beta) return;
+  std::vector<double> gamma, beta;
+  if (on_gamma) gamma = constrained(k.gamma_constraint, gamma_, storage_shape_, f64, "GAMMA");
+  if (on_beta) beta = constrained(k.beta_constraint, beta_, storage_shape_, f64, "BETA");
+  // Commit: nothing below can fail.
+  if (on_gamma) gamma_.swap(gamma);
+  if (on_beta) beta_.swap(beta);
   saved_.valid = false;
   inference_stale_ = true;
   if (!uses_batch_statistics()) refresh_inference_transform();

@@ -78,6 +78,10 @@ class Layer {
   void fold(std::vector<double>& scale, std::vector<double>& shift) const;
   void set_param(Param which, const void* values, int64_t count);
 
+  // Keras regularizers and constraints of gamma and beta (keras_params.cpp has the math).
+  double regularization_loss() const;
+  void apply_constraints();
+
  private:
   class Access;  // RAII guard: shared (inference forward, reads) or exclusive
 
@@ -94,6 +98,7 @@ class Layer {
   template <class T> PerFeature<T>& call_constants();
   template <class T> PerFeature<T>& relu_constants();
   void write_params(const std::vector<double>& values, void* out) const;
+  void init_keras_params();
 
   Config config_;
   AxisPlan axes_;
@@ -105,6 +110,7 @@ class Layer {
   std::vector<double> gamma_, beta_, moving_mean_, moving_variance_;
   std::vector<double> batch_mean_, batch_variance_;  // last training forward, full precision
   int64_t updates_ = 0;                               // training steps taken (cumulative average)
+  std::vector<int64_t> storage_shape_;                // Keras' shape of gamma/beta (constraint axes)
 
   // The folded inference transform (center, scale, shift), kept current so that concurrent
   // inference forwards only read; and the per-call constants of training calls. Only the

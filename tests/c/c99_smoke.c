@@ -64,6 +64,25 @@ int main(void) {
     for (i = 0; i < 8; ++i) EXPECT(close_to(dx[i], 0.0));
   }
   bn_destroy(layer);
+  layer = NULL;
+  /* Keras options: gamma starts at -1 (CONSTANT), L2(0.5) gives 0.5*(1 + 1) = 1, and NonNeg
+   * zeroes it. */
+  {
+    float g[2];
+    double loss = -1.0;
+    EXPECT(bn_config_create(&cfg) == BN_OK);
+    EXPECT(bn_config_set_initializer(cfg, BN_PARAM_GAMMA, BN_INITIALIZER_CONSTANT, -1.0, 0.0, (uint64_t)0) == BN_OK);
+    EXPECT(bn_config_set_regularizer(cfg, BN_PARAM_GAMMA, 0.0, 0.5) == BN_OK);
+    EXPECT(bn_config_set_constraint(cfg, BN_PARAM_GAMMA, BN_CONSTRAINT_NON_NEG, 0.0, 0.0, 0.0, NULL, 0) == BN_OK);
+    EXPECT(bn_create(cfg, shape, 2, &layer) == BN_OK);
+    bn_config_destroy(cfg);
+    if (!layer) return 1;
+    EXPECT(bn_regularization_loss(layer, &loss) == BN_OK && close_to(loss, 1.0));
+    EXPECT(bn_apply_constraints(layer) == BN_OK);
+    EXPECT(bn_get_param(layer, BN_PARAM_GAMMA, g, 2) == BN_OK && g[0] == 0.0f && g[1] == 0.0f);
+    EXPECT(bn_regularization_loss(layer, &loss) == BN_OK && loss == 0.0);
+    bn_destroy(layer);
+  }
   bn_destroy(NULL);
   bn_config_destroy(NULL);
   if (failures == 0) printf("c99: ok\n");
