@@ -38,6 +38,9 @@ static_assert(BN_ERR_CALLBACK == static_cast<int32_t>(bn::Status::callback), "st
 static_assert(BN_ERR_NONFINITE == static_cast<int32_t>(bn::Status::nonfinite), "status");
 static_assert(BN_ERR_INTERNAL == static_cast<int32_t>(bn::Status::internal), "status");
 static_assert(BN_PARAM_MOVING_STDDEV == static_cast<int32_t>(bn::Param::moving_stddev), "param");
+static_assert(BN_MODE_BATCH_STATISTICS == bn::Layer::kBatchStatistics, "mode");
+static_assert(BN_MODE_UPDATE_MOVING == bn::Layer::kUpdateMoving, "mode");
+static_assert(BN_MODE_PARAM_GRADIENTS == bn::Layer::kParamGradients, "mode");
 static_assert(BN_INITIALIZER_TRUNCATED_NORMAL == static_cast<int32_t>(bn::InitKind::truncated_normal), "initializer");
 static_assert(BN_INITIALIZER_ZEROS == static_cast<int32_t>(bn::InitKind::zeros), "initializer");
 static_assert(BN_CONSTRAINT_MIN_MAX_NORM == static_cast<int32_t>(bn::ConstraintKind::min_max_norm), "constraint");
@@ -264,11 +267,16 @@ bn_status bn_config_set_renorm(bn_config* cfg, int enabled, double rmax, double 
                                double renorm_momentum) {
   return guarded("bn_config_set_renorm", [&] {
     require(cfg, "cfg");
-    if (as_flag(enabled, "enabled")) {
-      bn::fail(bn::Status::unsupported, "batch renormalization is not available in this version (rmax=" + number(rmax) +
-                                            ", rmin=" + number(rmin) + ", dmax=" + number(dmax) +
-                                            ", renorm_momentum=" + number(renorm_momentum) + ")");
+    bn::Renorm r;
+    r.enabled = as_flag(enabled, "enabled");
+    if (r.enabled) {
+      r.rmax = rmax;
+      r.rmin = rmin;
+      r.dmax = dmax;
+      r.momentum = renorm_momentum;
+      bn::check_renorm(r);
     }
+    cfg->config.renorm = r;
   });
 }
 
@@ -280,14 +288,22 @@ bn_status bn_config_set_virtual_batch_size(bn_config* cfg, int64_t size) {
       bn::fail(bn::Status::unsupported,
                "virtual batches (ghost batch norm) are not available in this version (size=" + std::to_string(size) + ")");
     }
+    cfg->config.virtual_batch_size = 0;
   });
 }
 
 bn_status bn_config_set_adjustment(bn_config* cfg, bn_adjustment_fn fn, void* user_data) {
-  (void)user_data;
   return guarded("bn_config_set_adjustment", [&] {
     require(cfg, "cfg");
-    if (fn) bn::fail(bn::Status::unsupported, "adjustment is not available in this version");
+    if (!fn) {
+      cfg->config.adjustment = nullptr;
+      return;
+    }
+    // The callback returns a status and must not unwind; any non-BN_OK fails the forward.
+    cfg->config.adjustment = [fn, user_data](const int64_t* shape, int32_t ndim, double* scale, double* bias,
+                                             int64_t features) {
+      return fn(user_data, shape, ndim, scale, bias, features) == BN_OK;
+    };
   });
 }
 
@@ -423,6 +439,35 @@ bn_status bn_set_momentum(bn_layer* layer, double momentum) {
     require(layer, "layer");
     check_momentum(momentum);
     layer->layer.set_momentum(momentum);
+  });
+}
+
+bn_status bn_set_renorm_clipping(bn_layer* layer, double rmax, double rmin, double dmax) {
+  return guarded("bn_set_renorm_clipping", [&] {
+    require(layer, "layer");
+    layer->layer.set_renorm_clipping(rmax, rmin, dmax);
+  });
+}
+
+bn_status bn_set_renorm_momentum(bn_layer* layer, double renorm_momentum) {
+  return guarded("bn_set_renorm_momentum", [&] {
+    require(layer, "layer");
+    layer->layer.set_renorm_momentum(renorm_momentum);
+  });
+}
+
+bn_status bn_set_mode(bn_layer* layer, bn_mode flags) {
+  return guarded("bn_set_mode", [&] {
+    require(layer, "layer");
+    layer->layer.set_mode(flags);
+  });
+}
+
+bn_status bn_get_mode(const bn_layer* layer, bn_mode* flags) {
+  return guarded("bn_get_mode", [&] {
+    require(layer, "layer");
+    require(flags, "flags");
+    *flags = layer->layer.mode();
   });
 }
 

@@ -104,6 +104,12 @@ typedef int32_t bn_single_value_policy;
 #define BN_SINGLE_VALUE_COMPUTE 0 /* Keras: variance 0, y = beta */
 #define BN_SINGLE_VALUE_REJECT 1  /* PyTorch: BN_ERR_SHAPE, nothing changed */
 
+/* Mode flags (bn_set_mode), orthogonal switches beyond Keras' training/trainable presets. */
+typedef int32_t bn_mode;
+#define BN_MODE_BATCH_STATISTICS 1 /* normalize with the batch statistics (else the moving ones) */
+#define BN_MODE_UPDATE_MOVING 2    /* a forward updates the moving (and renorm) statistics */
+#define BN_MODE_PARAM_GRADIENTS 4  /* bn_backward reports dgamma/dbeta (else zeros) */
+
 /* Parameters and statistics, for bn_get_param / bn_set_param. */
 typedef int32_t bn_param;
 #define BN_PARAM_GAMMA 0
@@ -183,7 +189,10 @@ BN_API bn_status bn_config_set_trainable(bn_config* cfg, int trainable);
 BN_API bn_status bn_config_set_fused(bn_config* cfg, bn_fused fused);
 /** BN_KERAS_V1 (default) or BN_KERAS_V2. */
 BN_API bn_status bn_config_set_keras_rules(bn_config* cfg, bn_keras_rules rules);
-/** Batch renormalization. rmax/dmax = +inf and rmin = 0 is "unclipped". */
+/** Batch renormalization (Keras renorm, renorm_clipping, renorm_momentum). rmax/dmax = +inf
+ *  and rmin = 0 is "unclipped". Checked as Keras 3 does: rmin finite >= 0, rmax >= rmin,
+ *  dmax >= 0, renorm_momentum in [0, 1]. enabled 0 turns it off (the other arguments are
+ *  then ignored). */
 BN_API bn_status bn_config_set_renorm(bn_config* cfg, int enabled, double rmax, double rmin,
                                       double dmax, double renorm_momentum);
 /** Ghost batch normalization; 0 = off. */
@@ -267,6 +276,19 @@ BN_API bn_status bn_set_training(bn_layer* layer, int training);
 BN_API bn_status bn_set_trainable(bn_layer* layer, int trainable);
 /** Changes the momentum on a live layer (scheduled momentum), in [0, 1]. */
 BN_API bn_status bn_set_momentum(bn_layer* layer, double momentum);
+/** Changes the renorm clipping of a live renorm layer (the paper relaxes rmax and dmax on a
+ *  schedule); same checks as bn_config_set_renorm. BN_ERR_STATE without renorm. */
+BN_API bn_status bn_set_renorm_clipping(bn_layer* layer, double rmax, double rmin, double dmax);
+/** Changes renorm_momentum of a live renorm layer, in [0, 1]. */
+BN_API bn_status bn_set_renorm_momentum(bn_layer* layer, double renorm_momentum);
+/** Sets the mode flags (BN_MODE_*), overriding the Keras presets until the next
+ *  bn_set_training or bn_set_trainable: those set BATCH_STATISTICS|UPDATE_MOVING in training
+ *  (not under V2 rules when frozen) and PARAM_GRADIENTS when trainable. Renorm and adjustment
+ *  apply only with BATCH_STATISTICS. UPDATE_MOVING alone normalizes with the moving statistics
+ *  as they were and then updates them. */
+BN_API bn_status bn_set_mode(bn_layer* layer, bn_mode flags);
+/** The current mode flags. */
+BN_API bn_status bn_get_mode(const bn_layer* layer, bn_mode* flags);
 /** Bounds the threads this layer's calls use: 0 = the caller's oneTBB arena (default),
  *  1 = the calling thread only (never spawns a thread), n > 1 = at most n threads.
  *  Results are bitwise identical for every setting. */

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <vector>
 
 #include "layer/keras_options.hpp"
@@ -15,6 +17,21 @@ enum class Fused : int32_t { automatic = 0, on = 1, off = 2 };
 enum class KerasRules : int32_t { v1 = 0, v2 = 1 };
 enum class MovingVariance : int32_t { automatic = 0, biased = 1, unbiased = 2 };
 enum class SingleValue : int32_t { compute = 0, reject = 1 };
+
+// Batch renormalization (Keras renorm, renorm_clipping, renorm_momentum). Infinite rmax/dmax
+// and rmin 0 mean unclipped.
+struct Renorm {
+  bool enabled = false;
+  double rmax = std::numeric_limits<double>::infinity();
+  double rmin = 0.0;
+  double dmax = std::numeric_limits<double>::infinity();
+  double momentum = 0.99;
+};
+
+// Keras `adjustment`: given the input shape, fills per-feature scale and bias (arriving as 1
+// and 0); returns false to fail the forward.
+using Adjustment = std::function<bool(const int64_t* shape, int32_t ndim, double* scale, double* bias,
+                                      int64_t features)>;
 
 struct Config {
   std::vector<int32_t> axes{-1};
@@ -31,6 +48,9 @@ struct Config {
   SingleValue single_value = SingleValue::compute;
   bool relu = false;  // fused epilogue: y = max(bn(x) + residual, 0)
   KerasParamOptions keras;  // initializers, regularizers, constraints
+  Renorm renorm;
+  int64_t virtual_batch_size = 0;  // ghost batch norm; 0 = off
+  Adjustment adjustment;           // empty = off
 };
 
 // Limits of the layer.

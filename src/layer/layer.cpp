@@ -51,16 +51,36 @@ void check_momentum(double momentum) {
   }
 }
 
-// Keras 2 `_raise_if_fused_cannot_be_used`: renorm, virtual batches and adjustment do not
-// exist yet in this version, so only the axis and dtype checks can fail. Returns the
-// reason, or "" when the fused path can be used.
-std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype) {
+}  // namespace
+
+// Renorm clipping as Keras 3 validates it (Keras 2 does not): rmin finite >= 0, rmax >= rmin
+// (may be +inf), dmax >= 0 (may be +inf), renorm_momentum in [0, 1].
+void check_renorm(const Renorm& r) {
+  if (!(r.rmin >= 0 && std::isfinite(r.rmin))) {
+    fail(Status::invalid_argument, "rmin=" + std::to_string(r.rmin) + " but it must be finite and >= 0");
+  }
+  if (!(r.rmax >= r.rmin)) {
+    fail(Status::invalid_argument, "rmax=" + std::to_string(r.rmax) + " but it must be >= rmin=" + std::to_string(r.rmin));
+  }
+  if (!(r.dmax >= 0)) fail(Status::invalid_argument, "dmax=" + std::to_string(r.dmax) + " but it must be >= 0");
+  if (!(r.momentum >= 0 && r.momentum <= 1)) {
+    fail(Status::invalid_argument, "renorm_momentum=" + std::to_string(r.momentum) + " but it must be in [0, 1]");
+  }
+}
+
+namespace {
+
+// Keras 2 `_raise_if_fused_cannot_be_used`: the reason the fused path cannot be used, or "".
+std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype, const Config& config) {
+  if (config.renorm.enabled) return "fused=True is not supported with renorm";
   if (axes.size() > 1) return "fused=True needs a single axis (got " + std::to_string(axes.size()) + " axes)";
   const int32_t a = axes[0];
   if (a != -4 && a != -3 && a != -1 && a != 1 && a != 3 && a != 4) {
     return "fused=True is only supported when axis is 1 or 3 for input rank 4, or 1 or 4 for rank 5 (got axis " +
            std::to_string(a) + ")";
   }
+  if (config.virtual_batch_size > 0) return "fused=True is not supported with virtual_batch_size";
+  if (config.adjustment) return "fused=True is not supported with adjustment";
   if (dtype == DType::f64) return "fused=True is only supported for 16- and 32-bit floats (got float64)";
   return "";
 }
@@ -125,6 +145,20 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
                                   " (16-bit floats) is not supported by this version; use BN_F32 or BN_F64");
   }
   axes_ = resolve_axes(config.axes, input_shape, ndim);
+  check_renorm(config.renorm);
+  if (config.virtual_batch_size > 0) {
+    // Keras 2 build(): ghost batches split axis 0, so it cannot be normalized; no adjustment.
+    if (axes_.kept[0]) {
+      fail(Status::invalid_argument, "virtual_batch_size=" + std::to_string(config.virtual_batch_size) +
+                                         " needs axis 0 (the batch) to be reduced, but the axes include it");
+    }
+    if (config.adjustment) fail(Status::invalid_argument, "virtual_batch_size cannot be combined with adjustment");
+    if (ndim + 1 > kMaxRank) {
+      fail(Status::unsupported, "virtual_batch_size needs one more dimension than the input's rank " +
+                                    std::to_string(ndim) + "; the largest rank with ghost batches is " +
+                                    std::to_string(kMaxRank - 1));
+    }
+  }
 
   // Which path's semantics apply (SEMANTICS B.1, Keras 2 __init__ and build).
   std::vector<int32_t> normalized;
@@ -136,10 +170,10 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
     fused_ = false;
   } else if (config.rules == KerasRules::v1) {
     // V1 decides in build, after the axes were normalized; fused=True is only a preference.
-    fused_ = rank45 && fused_obstacle(normalized, config.dtype).empty();
+    fused_ = rank45 && fused_obstacle(normalized, config.dtype, config).empty();
   } else {
     // V2 checks the axes as given, in __init__.
-    const std::string obstacle = fused_obstacle(config.axes, config.dtype);
+    const std::string obstacle = fused_obstacle(config.axes, config.dtype, config);
     if (config.fused == Fused::on) {
       if (!obstacle.empty()) fail(Status::invalid_argument, obstacle + " (Keras V2 rules raise here)");
       if (!rank45) {
@@ -173,6 +207,9 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
   moving_mean_.assign(c, 0.0);
   moving_variance_.assign(c, 1.0);
   init_keras_params();
+  for (auto* v : {&saved_r_, &call_r_}) v->assign(c, 1.0);
+  for (auto* v : {&saved_d_, &call_d_, &saved_adj_bias_, &call_adj_bias_}) v->assign(c, 0.0);
+  for (auto* v : {&saved_adj_scale_, &call_adj_scale_}) v->assign(c, 1.0);
   batch_mean_.assign(c, 0.0);
   batch_variance_.assign(c, 0.0);
   saved_inv_std_.assign(c, 0.0);
@@ -189,12 +226,33 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
     call_f32_.resize(c);
     if (config_.relu) relu_f32_.resize(c);
   }
+  apply_keras_preset();
   refresh_inference_transform();
 }
 
-bool Layer::uses_batch_statistics() const {
-  // Keras V2 (and Keras 3): a frozen layer runs in inference mode even when training.
-  return training_ && !(config_.rules == KerasRules::v2 && !config_.trainable);
+// The Keras training/trainable combinations as mode flags (SEMANTICS B.5): training normalizes
+// with the batch statistics and updates the moving ones, except that under V2 rules (and in
+// Keras 3) a frozen layer runs in inference mode; gamma and beta get gradients when trainable.
+void Layer::apply_keras_preset() {
+  const bool v2_frozen = config_.rules == KerasRules::v2 && !config_.trainable;
+  mode_ = 0;
+  if (training_ && !v2_frozen) mode_ |= kBatchStatistics | kUpdateMoving;
+  if (config_.trainable) mode_ |= kParamGradients;
+}
+
+void Layer::set_mode(int32_t flags) {
+  if (flags < 0 || flags > (kBatchStatistics | kUpdateMoving | kParamGradients)) {
+    fail(Status::invalid_argument, "flags=" + std::to_string(flags) + " has bits other than BN_MODE_BATCH_STATISTICS, "
+                                   "BN_MODE_UPDATE_MOVING and BN_MODE_PARAM_GRADIENTS");
+  }
+  Access access(users_, true);
+  mode_ = flags;
+  refresh_inference_transform();
+}
+
+int32_t Layer::mode() const {
+  Access shared(users_, false);
+  return mode_;
 }
 
 double Layer::round_param(double v) const {
@@ -237,13 +295,35 @@ void Layer::refresh_inference_transform() {
 void Layer::set_training(bool training) {
   Access access(users_, true);
   training_ = training;
-  if (!uses_batch_statistics()) refresh_inference_transform();
+  apply_keras_preset();
+  refresh_inference_transform();
 }
 
 void Layer::set_trainable(bool trainable) {
   Access access(users_, true);
   config_.trainable = trainable;
-  if (!uses_batch_statistics()) refresh_inference_transform();
+  apply_keras_preset();
+  refresh_inference_transform();
+}
+
+void Layer::set_renorm_clipping(double rmax, double rmin, double dmax) {
+  Renorm r = config_.renorm;
+  r.rmax = rmax;
+  r.rmin = rmin;
+  r.dmax = dmax;
+  check_renorm(r);
+  Access access(users_, true);
+  if (!config_.renorm.enabled) fail(Status::state, "the layer was built without renorm");
+  config_.renorm = r;
+}
+
+void Layer::set_renorm_momentum(double momentum) {
+  Renorm r = config_.renorm;
+  r.momentum = momentum;
+  check_renorm(r);
+  Access access(users_, true);
+  if (!config_.renorm.enabled) fail(Status::state, "the layer was built without renorm");
+  config_.renorm = r;
 }
 
 void Layer::set_momentum(double momentum) {
@@ -278,7 +358,7 @@ const ShapePlan& Layer::plan_for(const int64_t* shape, int32_t ndim) {
 void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
   {
     Access shared(users_, false);
-    if (!uses_batch_statistics()) {
+    if (!computes_batch_statistics()) {
       const ShapePlan plan = plan_shape(axes_, shape, ndim);
       if (config_.dtype == DType::f64) {
         forward_inference<double>(plan, io);
@@ -295,7 +375,7 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
     }
   }
   Access exclusive(users_, true);
-  if (!uses_batch_statistics()) {
+  if (!computes_batch_statistics()) {
     fail(Status::state, "the layer left training mode while this call started; call again");
   }
   const ShapePlan& plan = plan_for(shape, ndim);
@@ -330,21 +410,64 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     fail(Status::shape, "training needs more than one value per feature (single-value policy REJECT); shape " +
                             shape_text(plan.shape, plan.ndim) + " has 1");
   }
+  const bool batch = uses_batch_statistics();
+  const bool renorm = batch && config_.renorm.enabled;
+  const bool adjust = batch && static_cast<bool>(config_.adjustment);
+  const int64_t c = axes_.features;
+  if (adjust) {
+    // Keras calls adjustment(tf.shape(inputs)) in training; a failure changes nothing.
+    std::fill(call_adj_scale_.begin(), call_adj_scale_.end(), 1.0);
+    std::fill(call_adj_bias_.begin(), call_adj_bias_.end(), 0.0);
+    if (!config_.adjustment(plan.shape, plan.ndim, call_adj_scale_.data(), call_adj_bias_.data(), c)) {
+      fail(Status::callback, "the adjustment callback reported failure");
+    }
+    for (int64_t f = 0; f < c; ++f) {
+      if (!std::isfinite(call_adj_scale_[f]) || !std::isfinite(call_adj_bias_[f])) {
+        fail(Status::callback, "the adjustment callback returned a non-finite scale or bias for feature " +
+                                   std::to_string(f));
+      }
+    }
+  }
   const kernels::Geometry& g = plan.geometry;
   const BlockGrid& grid = plan.grid;
-  const int64_t c = axes_.features;
   const auto& k = kernels::selected<T>();
   PerFeature<T>& pf = call_constants<T>();
-  // Per feature: keep mean and biased variance, and fold y = (x - mean)*gamma/sqrt(var + eps) + beta.
+  // Per feature: keep mean, biased variance and 1/sqrt(var + eps); with the batch statistics,
+  // fold y = g*(a_s*(r*xhat + d) + a_b) + b (SEMANTICS B.2, B.4): r, d the renorm correction
+  // from the pre-update renorm statistics (constants for the gradient), a_s, a_b the
+  // adjustment; k = g*a_s*r/sqrt(var + eps), t = g*(a_s*d + a_b) + b.
+  const double sqrt_eps = std::sqrt(epsilon_);
   auto transform = [&](int64_t f, double mean, double var) {
     work_a_[f] = mean;
     work_b_[f] = var;
-    work_d_[f] = 1.0 / std::sqrt(var + epsilon_);
-    fold_normalize(pf, static_cast<size_t>(f), mean, gamma_[f] * work_d_[f], beta_[f]);
+    const double inv = 1.0 / std::sqrt(var + epsilon_);
+    work_d_[f] = inv;
+    if (!batch) return;
+    double r = 1.0, d = 0.0;
+    if (renorm) {
+      const double rs = std::max(renorm_stddev_[f], sqrt_eps);
+      r = std::sqrt(var + epsilon_) / rs;
+      d = (mean - renorm_mean_[f]) / rs;
+      r = std::min(std::max(r, config_.renorm.rmin), config_.renorm.rmax);
+      d = std::min(std::max(d, -config_.renorm.dmax), config_.renorm.dmax);
+    }
+    call_r_[f] = r;
+    call_d_[f] = d;
+    const double as = adjust ? call_adj_scale_[f] : 1.0, ab = adjust ? call_adj_bias_[f] : 0.0;
+    fold_normalize(pf, static_cast<size_t>(f), mean, gamma_[f] * as * r * inv, gamma_[f] * (as * d + ab) + beta_[f]);
   };
-  const kernels::NormalizeArgs<T> norm{g,           x,           static_cast<T*>(io.y), pf.center.data(),
-                                       pf.k1.data(), pf.k2.data(), static_cast<const T*>(io.residual),
-                                       config_.relu, stream_output<T>(plan)};
+  // Without the batch statistics (mode flags), normalize with the moving ones as they were.
+  if (!batch) refresh_inference_transform();
+  const PerFeature<T>& used = batch ? pf : inference_constants<T>();
+  const kernels::NormalizeArgs<T> norm{g,
+                                       x,
+                                       static_cast<T*>(io.y),
+                                       used.center.data(),
+                                       used.k1.data(),
+                                       used.k2.data(),
+                                       static_cast<const T*>(io.residual),
+                                       config_.relu,
+                                       stream_output<T>(plan)};
 
   if (plan.elements > 0) {
     if (grid.o_blocks == 1) {
@@ -380,45 +503,71 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     }
 
     // Commit: nothing below can fail.
-    // Moving statistics (SEMANTICS B.1/B.2): the fused path feeds the Bessel-corrected
-    // variance m/max(m-1,1) (TF's kernel form mu*v + (1-mu)*x); the non-fused path the
-    // biased one (Keras' v - (v - x)(1 - mu)). The override and the cumulative average
-    // (PyTorch momentum=None) are options beyond Keras.
-    const bool bessel = config_.moving_variance == MovingVariance::unbiased ||
-                        (config_.moving_variance == MovingVariance::automatic && fused_);
-    const double correction = bessel ? static_cast<double>(m) / static_cast<double>(std::max<int64_t>(m - 1, 1)) : 1.0;
-    const double mu = config_.momentum;
-    ++updates_;
-    for (int64_t f = 0; f < c; ++f) {
-      const double mean = work_a_[f];
-      const double var = work_b_[f] * correction;
-      double& mm = moving_mean_[f];
-      double& mv = moving_variance_[f];
-      if (config_.cumulative_average) {
-        const double w = 1.0 / static_cast<double>(updates_);
-        mm = round_param((1.0 - w) * mm + w * mean);
-        mv = round_param((1.0 - w) * mv + w * var);
-      } else if (fused_) {
-        mm = round_param(mu * mm + (1.0 - mu) * mean);
-        mv = round_param(mu * mv + (1.0 - mu) * var);
-      } else {
-        mm = round_param(mm - (mm - mean) * (1.0 - mu));
-        mv = round_param(mv - (mv - var) * (1.0 - mu));
-      }
-    }
+    if (mode_ & kUpdateMoving) update_moving_statistics(m);
     batch_mean_.swap(work_a_);
     batch_variance_.swap(work_b_);
     saved_inv_std_.swap(work_d_);
-    inference_stale_ = true;
-    if (config_.relu) relu_constants<T>() = pf;  // sizes match: copies, no allocation
+    if (batch) {
+      saved_r_.swap(call_r_);
+      saved_d_.swap(call_d_);
+      if (adjust) {
+        saved_adj_scale_.swap(call_adj_scale_);
+        saved_adj_bias_.swap(call_adj_bias_);
+      } else {
+        std::fill(saved_adj_scale_.begin(), saved_adj_scale_.end(), 1.0);
+        std::fill(saved_adj_bias_.begin(), saved_adj_bias_.end(), 0.0);
+      }
+    }
+    if (config_.relu) relu_constants<T>() = used;  // sizes match: copies, no allocation
   }
   // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
   // zero-size inputs); it still has a (zero) gradient.
   saved_.valid = true;
-  saved_.batch_statistics = true;
+  saved_.batch_statistics = batch;
   saved_.residual = io.residual != nullptr;
   saved_.ndim = plan.ndim;
   std::copy(plan.shape, plan.shape + plan.ndim, saved_.shape);
+}
+
+// Moving statistics (SEMANTICS B.1/B.2) from the batch mean work_a_ and biased variance
+// work_b_ over m values per feature: the fused path feeds the Bessel-corrected variance
+// m/max(m-1,1) (TF's kernel form mu*v + (1-mu)*x); the non-fused path the biased one (Keras'
+// v - (v - x)(1 - mu)). With renorm, renorm_mean/renorm_stddev follow renorm_momentum,
+// moving_stddev follows momentum and moving_variance = relu(moving_stddev^2 - eps) is
+// assigned. The variance override and the cumulative average (PyTorch momentum=None) are
+// options beyond Keras. Each value is rounded to the parameter type, as Keras stores it.
+void Layer::update_moving_statistics(int64_t m) {
+  const bool bessel = config_.moving_variance == MovingVariance::unbiased ||
+                      (config_.moving_variance == MovingVariance::automatic && fused_);
+  const double correction = bessel ? static_cast<double>(m) / static_cast<double>(std::max<int64_t>(m - 1, 1)) : 1.0;
+  ++updates_;
+  const double mu = config_.momentum;
+  const double wc = 1.0 / static_cast<double>(updates_);
+  auto ema = [&](double& v, double value) {
+    if (config_.cumulative_average) {
+      v = round_param((1.0 - wc) * v + wc * value);
+    } else if (fused_) {
+      v = round_param(mu * v + (1.0 - mu) * value);  // TF's kernel form
+    } else {
+      v = round_param(v - (v - value) * (1.0 - mu));  // Keras' _assign_moving_average
+    }
+  };
+  const double wr = 1.0 - config_.renorm.momentum;
+  for (size_t f = 0; f < moving_mean_.size(); ++f) {
+    const double mean = work_a_[f];
+    const double var = work_b_[f] * correction;
+    ema(moving_mean_[f], mean);
+    if (config_.renorm.enabled) {
+      const double stddev = std::sqrt(work_b_[f] + epsilon_);
+      renorm_mean_[f] = round_param(renorm_mean_[f] - (renorm_mean_[f] - mean) * wr);
+      renorm_stddev_[f] = round_param(renorm_stddev_[f] - (renorm_stddev_[f] - stddev) * wr);
+      ema(moving_stddev_[f], std::sqrt(var + epsilon_));
+      moving_variance_[f] = round_param(std::max(0.0, moving_stddev_[f] * moving_stddev_[f] - epsilon_));
+    } else {
+      ema(moving_variance_[f], var);
+    }
+  }
+  inference_stale_ = true;
 }
 
 // ---------------------------------------------------------------------------
@@ -448,7 +597,7 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
                         "pass y to bn_backward_residual");
   }
   const ShapePlan& plan = plan_for(shape, ndim);
-  const bool param_grads = (io.dgamma || io.dbeta) && config_.trainable && (config_.scale || config_.center);
+  const bool param_grads = (io.dgamma || io.dbeta) && (mode_ & kParamGradients) && (config_.scale || config_.center);
   if (config_.dtype == DType::f64) {
     backward_impl<double>(plan, io, param_grads);
   } else {
@@ -512,12 +661,16 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   if (plan.elements == 0) return;
   const double m = static_cast<double>(plan.per_feature);
   // From the sums of feature f (taken around pf.center): parameter gradients and dx constants.
+  // With the batch statistics, y = g*(a_s*(r*xhat + d) + a_b) + b with r, d, a_s, a_b constants:
+  // dx as above with g*a_s*r for g; dgamma = a_s*r*s*Sxc + (a_s*d + a_b)*Sdy.
   auto coefficients = [&](int64_t f, double sdy, double sxc_c) {
     const double delta = center[f] - static_cast<double>(pf.center[f]);
     const double sxc = sxc_c - delta * sdy;
-    dgamma[f] = inv[f] * sxc;
+    const double r = batch ? saved_r_[f] : 1.0, d = batch ? saved_d_[f] : 0.0;
+    const double as = batch ? saved_adj_scale_[f] : 1.0, ab = batch ? saved_adj_bias_[f] : 0.0;
+    dgamma[f] = as * r * inv[f] * sxc + (as * d + ab) * sdy;
     dbeta[f] = sdy;
-    const double k_dy = gamma_[f] * inv[f];
+    const double k_dy = gamma_[f] * as * r * inv[f];
     const double k_x = batch ? -(k_dy * inv[f] * inv[f] * sxc) / m : 0.0;
     const double k_c = batch ? -(k_dy * sdy) / m : 0.0;
     pf.k1[f] = static_cast<T>(k_dy);
@@ -598,9 +751,16 @@ void Layer::get_param(Param which, void* out, int64_t count) const {
     case Param::renorm_mean:
     case Param::renorm_stddev:
     case Param::moving_stddev:
-      fail(Status::invalid_argument, std::string(param_name(which)) + " exists only with renorm, which is off");
+      return write_params(renorm_param(which), out);
   }
   fail(Status::invalid_argument, "which=" + std::to_string(static_cast<int>(which)) + " is not a known parameter");
+}
+
+const std::vector<double>& Layer::renorm_param(Param which) const {
+  if (!config_.renorm.enabled) {
+    fail(Status::invalid_argument, std::string(param_name(which)) + " exists only with renorm, which is off");
+  }
+  return which == Param::renorm_mean ? renorm_mean_ : which == Param::renorm_stddev ? renorm_stddev_ : moving_stddev_;
 }
 
 void Layer::fold(std::vector<double>& scale, std::vector<double>& shift) const {
@@ -637,7 +797,8 @@ void Layer::set_param(Param which, const void* values, int64_t count) {
     case Param::renorm_mean:
     case Param::renorm_stddev:
     case Param::moving_stddev:
-      fail(Status::invalid_argument, std::string(param_name(which)) + " exists only with renorm, which is off");
+      target = const_cast<std::vector<double>*>(&renorm_param(which));
+      break;
   }
   if (!target) fail(Status::invalid_argument, "which=" + std::to_string(static_cast<int>(which)) + " is not a known parameter");
   auto value = [&](int64_t i) {
@@ -646,10 +807,11 @@ void Layer::set_param(Param which, const void* values, int64_t count) {
   };
   for (int64_t i = 0; i < count; ++i) {
     const double v = value(i);
-    if (!std::isfinite(v) || (which == Param::moving_variance && v < 0)) {
+    const bool nonnegative =
+        which == Param::moving_variance || which == Param::renorm_stddev || which == Param::moving_stddev;
+    if (!std::isfinite(v) || (nonnegative && v < 0)) {
       fail(Status::invalid_argument, "values[" + std::to_string(i) + "]=" + std::to_string(v) + " but " +
-                                         param_name(which) + " must be finite" +
-                                         (which == Param::moving_variance ? " and >= 0" : ""));
+                                         param_name(which) + " must be finite" + (nonnegative ? " and >= 0" : ""));
     }
   }
   for (int64_t i = 0; i < count; ++i) (*target)[static_cast<size_t>(i)] = value(i);
@@ -677,6 +839,18 @@ void Layer::init_keras_params() {
   }
   moving_mean_ = initial_values(k.moving_mean_init, c, 0, f64, "MOVING_MEAN");
   moving_variance_ = initial_values(k.moving_variance_init, c, 0, f64, "MOVING_VARIANCE");
+  if (config_.renorm.enabled) {
+    // Keras 2 build(): moving_stddev = sqrt(moving_variance_initializer()), renorm_mean =
+    // moving_mean_initializer(), renorm_stddev = sqrt(moving_variance_initializer()), each a
+    // further call of the initializer (a separate draw for the random ones).
+    auto root = [&](std::vector<double> v) {
+      for (double& e : v) e = round_param(std::sqrt(e));
+      return v;
+    };
+    moving_stddev_ = root(initial_values(k.moving_variance_init, c, 1, f64, "MOVING_STDDEV"));
+    renorm_mean_ = initial_values(k.moving_mean_init, c, 1, f64, "RENORM_MEAN");
+    renorm_stddev_ = root(initial_values(k.moving_variance_init, c, 2, f64, "RENORM_STDDEV"));
+  }
 }
 
 double Layer::regularization_loss() const {

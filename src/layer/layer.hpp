@@ -38,6 +38,9 @@ struct PerFeature {
   }
 };
 
+// Throws Error(invalid_argument) for renorm arguments Keras 3 refuses.
+void check_renorm(const Renorm& renorm);
+
 class Layer {
  public:
   // Throws Error for a configuration that does not fit the shape (or that Keras refuses).
@@ -51,6 +54,16 @@ class Layer {
   void set_training(bool training);
   void set_trainable(bool trainable);
   void set_momentum(double momentum);
+  void set_renorm_clipping(double rmax, double rmin, double dmax);
+  void set_renorm_momentum(double momentum);
+
+  // Orthogonal mode flags (SEMANTICS A.9). bn_set_training/bn_set_trainable set the Keras
+  // presets; set_mode overrides them until the next of those calls.
+  static constexpr int32_t kBatchStatistics = 1;  // normalize with the batch statistics
+  static constexpr int32_t kUpdateMoving = 2;     // update the moving (and renorm) statistics
+  static constexpr int32_t kParamGradients = 4;   // backward reports dgamma/dbeta
+  void set_mode(int32_t flags);
+  int32_t mode() const;
   void set_num_threads(int32_t max_threads);
 
   // The caller's buffers of one call. Tensors are of the layer's dtype; parameter buffers
@@ -85,7 +98,10 @@ class Layer {
  private:
   class Access;  // RAII guard: shared (inference forward, reads) or exclusive
 
-  bool uses_batch_statistics() const;
+  bool uses_batch_statistics() const { return (mode_ & kBatchStatistics) != 0; }
+  bool computes_batch_statistics() const { return (mode_ & (kBatchStatistics | kUpdateMoving)) != 0; }
+  void apply_keras_preset();
+  void update_moving_statistics(int64_t m);
   double round_param(double v) const;
   void refresh_inference_transform();
   const ShapePlan& plan_for(const int64_t* shape, int32_t ndim);
@@ -98,6 +114,7 @@ class Layer {
   template <class T> PerFeature<T>& call_constants();
   template <class T> PerFeature<T>& relu_constants();
   void write_params(const std::vector<double>& values, void* out) const;
+  const std::vector<double>& renorm_param(Param which) const;  // throws unless renorm is on
   void init_keras_params();
 
   Config config_;
@@ -105,10 +122,16 @@ class Layer {
   bool fused_ = false;
   double epsilon_ = 0;  // as used: clamped on the fused path
   bool training_ = false;
+  int32_t mode_ = 0;
 
   // Parameters and statistics (values always representable in the parameter dtype).
   std::vector<double> gamma_, beta_, moving_mean_, moving_variance_;
   std::vector<double> batch_mean_, batch_variance_;  // last training forward, full precision
+  std::vector<double> renorm_mean_, renorm_stddev_, moving_stddev_;  // renorm only
+  // The saved training forward's renorm correction (r, d) and adjustment (scale, bias), and
+  // the same being computed by the current call (swapped in at commit).
+  std::vector<double> saved_r_, saved_d_, saved_adj_scale_, saved_adj_bias_;
+  std::vector<double> call_r_, call_d_, call_adj_scale_, call_adj_bias_;
   int64_t updates_ = 0;                               // training steps taken (cumulative average)
   std::vector<int64_t> storage_shape_;                // Keras' shape of gamma/beta (constraint axes)
 

@@ -15,7 +15,6 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-bn_status dummy_adjustment(void*, const int64_t*, int32_t, double*, double*, int64_t) { return BN_OK; }
 bn_status dummy_allreduce(void*, double*, int64_t) { return BN_OK; }
 
 // bn_create that must fail: the status, the message, and *out left as it was.
@@ -168,6 +167,25 @@ TEST_CASE("unknown enumeration values and flags other than 0/1 are refused", "[c
                {"bn_config_set_virtual_batch_size", "size"});
 }
 
+TEST_CASE("renorm clipping is checked as Keras 3 checks it", "[capi][bad_input]") {
+  Config cfg = make_config();
+  struct Bad {
+    double rmax, rmin, dmax, momentum;
+    const char* arg;
+  };
+  for (const Bad& b : {Bad{1.0, 2.0, kInf, 0.99, "rmax"}, Bad{kInf, -1.0, kInf, 0.99, "rmin"},
+                       Bad{kInf, kInf, kInf, 0.99, "rmin"}, Bad{kInf, 0.0, -1.0, 0.99, "dmax"},
+                       Bad{kNaN, 0.0, kInf, 0.99, "rmax"}, Bad{kInf, 0.0, kNaN, 0.99, "dmax"},
+                       Bad{kInf, 0.0, kInf, 1.5, "renorm_momentum"}, Bad{kInf, 0.0, kInf, kNaN, "renorm_momentum"}}) {
+    CAPTURE(b.rmax, b.rmin, b.dmax, b.momentum);
+    poison_last_error();
+    check_status(bn_config_set_renorm(cfg.get(), 1, b.rmax, b.rmin, b.dmax, b.momentum), BN_ERR_INVALID_ARGUMENT,
+                 {"bn_config_set_renorm", b.arg});
+  }
+  CHECK(bn_config_set_renorm(cfg.get(), 1, 3.0, 1.0 / 3.0, 5.0, 0.99) == BN_OK);
+  CHECK(bn_config_set_renorm(cfg.get(), 1, kInf, 0.0, kInf, 0.0) == BN_OK);
+}
+
 TEST_CASE("valid requests this version cannot serve are BN_ERR_UNSUPPORTED, disabling them is BN_OK",
           "[capi][bad_input]") {
   Config cfg = make_config();
@@ -177,15 +195,9 @@ TEST_CASE("valid requests this version cannot serve are BN_ERR_UNSUPPORTED, disa
     check_status(bn_config_set_dtype(cfg.get(), d), BN_ERR_UNSUPPORTED, {"bn_config_set_dtype", "dtype"});
   }
   poison_last_error();
-  check_status(bn_config_set_renorm(cfg.get(), 1, 3.0, 1.0 / 3.0, 5.0, 0.99), BN_ERR_UNSUPPORTED,
-               {"bn_config_set_renorm"});
-  poison_last_error();
   check_status(bn_config_set_virtual_batch_size(cfg.get(), 4), BN_ERR_UNSUPPORTED,
                {"bn_config_set_virtual_batch_size"});
   int user_data = 0;
-  poison_last_error();
-  check_status(bn_config_set_adjustment(cfg.get(), &dummy_adjustment, &user_data), BN_ERR_UNSUPPORTED,
-               {"bn_config_set_adjustment"});
   poison_last_error();
   check_status(bn_config_set_allreduce(cfg.get(), &dummy_allreduce, &user_data), BN_ERR_UNSUPPORTED,
                {"bn_config_set_allreduce"});
@@ -220,9 +232,8 @@ TEST_CASE("failed setters leave the config as it was", "[capi][bad_input]") {
   CHECK(bn_config_set_dtype(b.get(), 7) != BN_OK);
   CHECK(bn_config_set_center(b.get(), 2) != BN_OK);
   CHECK(bn_config_set_moving_variance(b.get(), 3) != BN_OK);
-  CHECK(bn_config_set_renorm(b.get(), 1, kInf, 0.0, kInf, 0.5) != BN_OK);
+  CHECK(bn_config_set_renorm(b.get(), 1, 1.0, 2.0, kInf, 0.5) != BN_OK);
   CHECK(bn_config_set_virtual_batch_size(b.get(), 2) != BN_OK);
-  CHECK(bn_config_set_adjustment(b.get(), &dummy_adjustment, &user_data) != BN_OK);
   CHECK(bn_config_set_allreduce(b.get(), &dummy_allreduce, &user_data) != BN_OK);
 
   const std::vector<int64_t> shape = {3, 5};
