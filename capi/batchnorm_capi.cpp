@@ -284,11 +284,7 @@ bn_status bn_config_set_virtual_batch_size(bn_config* cfg, int64_t size) {
   return guarded("bn_config_set_virtual_batch_size", [&] {
     require(cfg, "cfg");
     if (size < 0) invalid("size=" + std::to_string(size) + " but it must be 0 (off) or positive");
-    if (size > 0) {
-      bn::fail(bn::Status::unsupported,
-               "virtual batches (ghost batch norm) are not available in this version (size=" + std::to_string(size) + ")");
-    }
-    cfg->config.virtual_batch_size = 0;
+    cfg->config.virtual_batch_size = size;
   });
 }
 

@@ -147,6 +147,7 @@ class Layer {
     bool valid = false;
     bool batch_statistics = false;
     bool residual = false;  // the forward added a residual
+    bool ghost = false;     // ghost batches: the statistics live in ghost_
     int64_t shape[kMaxRank] = {};
     int32_t ndim = 0;
   };
@@ -159,6 +160,23 @@ class Layer {
   bool plan_valid_ = false;
   std::vector<double> partial_a_, partial_b_;
   std::vector<double> work_a_, work_b_, work_c_, work_d_;
+
+  // Ghost batches (virtual_batch_size): the training view of a batch of N = vbs*G as
+  // (vbs, G, ...) with G as one more kept axis (ghost j holds samples j, j+G, ...), planned
+  // per shape, with the per-ghost statistics of the saved forward.
+  struct Ghost {
+    bool valid = false;
+    int64_t shape[kMaxRank] = {};  // the real shape it was planned for
+    int32_t ndim = 0;
+    ShapePlan plan;                // of the virtual shape; features = G*C
+    std::vector<double> mean, var, inv, partial_a, partial_b, sum_dy, sum_dyxc;
+    PerFeature<float> fwd_f32, call_f32;  // the forward's folded transform; backward constants
+    PerFeature<double> fwd_f64, call_f64;
+  };
+  Ghost ghost_;
+  Ghost& ghost_for(const int64_t* shape, int32_t ndim);
+  template <class T> void forward_ghost(Ghost& gh, const ForwardIo& io);
+  template <class T> void backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads);
 
   parallel::Executor executor_;
   mutable std::atomic<int32_t> users_{0};  // >0 shared users, -1 exclusive
