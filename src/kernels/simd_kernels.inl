@@ -139,6 +139,8 @@ void stats_planar(const StatsArgs<float>& args, const Block& block) {
 // (mean, M2) in double with Chan's formula. The strips of a group walk kGroup rows side by
 // side, which the hardware prefetchers follow as kGroup sequential streams.
 constexpr int kGroup = 8;
+// Wide features-last rows are processed in segments of this many features.
+constexpr int64_t kSegment = 512;
 
 // Both halves of a strip of V::W doubles at p (n valid lanes), through an aligned copy at a tail.
 struct DoubleStrip {
@@ -204,14 +206,17 @@ void stats_interleaved(const StatsArgs<float>& args, const Block& block) {
   const StatsArgs<float> a = args;
   const Block b = block;
   const int64_t span = a.geometry.span;
-  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
-  const Tail tail{static_cast<int>(b.s1 - full)};
-  for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
-    const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
-    const double before = static_cast<double>(g0 - b.o0);
-    const float* x = a.x + g0 * span;
-    for (int64_t j = b.s0; j < full; j += V::W) stats_group(x + j, span, rows, Full{}, a.mean + j, a.m2 + j, before);
-    if (tail.n) stats_group(x + full, span, rows, tail, a.mean + full, a.m2 + full, before);
+  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {  // the segment's running moments stay in L1
+    const int64_t s1 = s0 + kSegment < b.s1 ? s0 + kSegment : b.s1;
+    const int64_t full = s0 + (s1 - s0) / V::W * V::W;
+    const Tail tail{static_cast<int>(s1 - full)};
+    for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
+      const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
+      const double before = static_cast<double>(g0 - b.o0);
+      const float* x = a.x + g0 * span;
+      for (int64_t j = s0; j < full; j += V::W) stats_group(x + j, span, rows, Full{}, a.mean + j, a.m2 + j, before);
+      if (tail.n) stats_group(x + full, span, rows, tail, a.mean + full, a.m2 + full, before);
+    }
   }
 }
 
@@ -283,16 +288,21 @@ inline void walk_stream(const Geometry& g, const Block& b, const float* const (&
     case 4: return walk_narrow<4>(g, b, tables, whole, body);
     default: break;
   }
-  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
-  const Tail tail{static_cast<int>(b.s1 - full)};
+  // Wide rows: segments of kSegment features over all rows, so that the segment's constants
+  // stay in L1 while the rows stream through.
   auto vector_at = [&](auto ld, int64_t row, int64_t j) {
     for (int i = 0; i < N; ++i) k.v[i] = ld(tables[i] + j);
     body(ld, row + j, k);
   };
-  for (int64_t o = b.o0; o < b.o1; ++o) {
-    const int64_t row = o * g.span;
-    for (int64_t j = b.s0; j < full; j += V::W) vector_at(whole, row, j);
-    if (tail.n) vector_at(tail, row, full);
+  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {
+    const int64_t s1 = s0 + kSegment < b.s1 ? s0 + kSegment : b.s1;
+    const int64_t full = s0 + (s1 - s0) / V::W * V::W;
+    const Tail tail{static_cast<int>(s1 - full)};
+    for (int64_t o = b.o0; o < b.o1; ++o) {
+      const int64_t row = o * g.span;
+      for (int64_t j = s0; j < full; j += V::W) vector_at(whole, row, j);
+      if (tail.n) vector_at(tail, row, full);
+    }
   }
 }
 
@@ -393,7 +403,6 @@ void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
   // widened and added to the block's double sums.
   for (int64_t f = b.s0; f < b.s1; ++f) a.sum_dy[f] = a.sum_dyxc[f] = 0.0;
   const int64_t span = g.span;
-  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
   auto strip = [&](auto ld, int64_t g0, int rows, int64_t j) {
     const typename V::F c = ld(a.center + j);
     typename V::F zc = V::set1(0.0f), zk = zc, zt = zc;
@@ -412,10 +421,14 @@ void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
     V::dadd_to(a.sum_dy + j, V::lo(sy), V::hi(sy), ld.lanes());
     V::dadd_to(a.sum_dyxc + j, V::lo(sp), V::hi(sp), ld.lanes());
   };
-  for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
-    const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
-    for (int64_t j = b.s0; j < full; j += V::W) strip(Full{}, g0, rows, j);
-    if (full < b.s1) strip(Tail{static_cast<int>(b.s1 - full)}, g0, rows, full);
+  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {  // the segment's sums stay in L1
+    const int64_t s1 = s0 + kSegment < b.s1 ? s0 + kSegment : b.s1;
+    const int64_t seg_full = s0 + (s1 - s0) / V::W * V::W;
+    for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
+      const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
+      for (int64_t j = s0; j < seg_full; j += V::W) strip(Full{}, g0, rows, j);
+      if (seg_full < s1) strip(Tail{static_cast<int>(s1 - seg_full)}, g0, rows, seg_full);
+    }
   }
 }
 
