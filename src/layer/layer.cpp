@@ -321,19 +321,28 @@ void Layer::set_renorm_clipping(double rmax, double rmin, double dmax) {
   r.rmax = rmax;
   r.rmin = rmin;
   r.dmax = dmax;
-  check_renorm(r);
-  Access access(users_, true);
-  if (!config_.renorm.enabled) fail(Status::state, "the layer was built without renorm");
-  config_.renorm = r;
+  replace_renorm(r);
 }
 
 void Layer::set_renorm_momentum(double momentum) {
   Renorm r = config_.renorm;
   r.momentum = momentum;
-  check_renorm(r);
+  replace_renorm(r);
+}
+
+void Layer::replace_renorm(const Renorm& renorm) {
+  check_renorm(renorm);
   Access access(users_, true);
   if (!config_.renorm.enabled) fail(Status::state, "the layer was built without renorm");
-  config_.renorm = r;
+  config_.renorm = renorm;
+}
+
+// Renorm's correction for a feature with batch mean and biased variance (SEMANTICS B.2),
+// from the renorm statistics before this step's update.
+void Layer::renorm_correction(size_t f, double mean, double var, double& r, double& d) const {
+  const double rs = std::max(renorm_stddev_[f], std::sqrt(epsilon_));
+  r = std::min(std::max(std::sqrt(var + epsilon_) / rs, config_.renorm.rmin), config_.renorm.rmax);
+  d = std::min(std::max((mean - renorm_mean_[f]) / rs, -config_.renorm.dmax), config_.renorm.dmax);
 }
 
 void Layer::set_momentum(double momentum) {
@@ -457,7 +466,6 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   // fold y = g*(a_s*(r*xhat + d) + a_b) + b (SEMANTICS B.2, B.4): r, d the renorm correction
   // from the pre-update renorm statistics (constants for the gradient), a_s, a_b the
   // adjustment; k = g*a_s*r/sqrt(var + eps), t = g*(a_s*d + a_b) + b.
-  const double sqrt_eps = std::sqrt(epsilon_);
   auto transform = [&](int64_t f, double mean, double var) {
     work_a_[f] = mean;
     work_b_[f] = var;
@@ -465,13 +473,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     work_d_[f] = inv;
     if (!batch) return;
     double r = 1.0, d = 0.0;
-    if (renorm) {
-      const double rs = std::max(renorm_stddev_[f], sqrt_eps);
-      r = std::sqrt(var + epsilon_) / rs;
-      d = (mean - renorm_mean_[f]) / rs;
-      r = std::min(std::max(r, config_.renorm.rmin), config_.renorm.rmax);
-      d = std::min(std::max(d, -config_.renorm.dmax), config_.renorm.dmax);
-    }
+    if (renorm) renorm_correction(static_cast<size_t>(f), mean, var, r, d);
     call_r_[f] = r;
     call_d_[f] = d;
     const double as = adjust ? call_adj_scale_[f] : 1.0, ab = adjust ? call_adj_bias_[f] : 0.0;
@@ -840,11 +842,7 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
     work_b_[f] = var / static_cast<double>(ghosts);
     work_d_[f] = 1.0 / std::sqrt(work_b_[f] + epsilon_);
     double r = 1.0, d = 0.0;
-    if (config_.renorm.enabled) {
-      const double rs = std::max(renorm_stddev_[f], std::sqrt(epsilon_));
-      r = std::min(std::max(std::sqrt(work_b_[f] + epsilon_) / rs, config_.renorm.rmin), config_.renorm.rmax);
-      d = std::min(std::max((work_a_[f] - renorm_mean_[f]) / rs, -config_.renorm.dmax), config_.renorm.dmax);
-    }
+    if (config_.renorm.enabled) renorm_correction(static_cast<size_t>(f), work_a_[f], work_b_[f], r, d);
     call_r_[f] = r;
     call_d_[f] = d;
   }

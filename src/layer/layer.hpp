@@ -101,6 +101,8 @@ class Layer {
   bool uses_batch_statistics() const { return (mode_ & kBatchStatistics) != 0; }
   bool computes_batch_statistics() const { return (mode_ & (kBatchStatistics | kUpdateMoving)) != 0; }
   void apply_keras_preset();
+  void replace_renorm(const Renorm& renorm);
+  void renorm_correction(size_t f, double mean, double var, double& r, double& d) const;
   void update_moving_statistics(int64_t m);
   double round_param(double v) const;
   void refresh_inference_transform();
