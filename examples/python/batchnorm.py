@@ -284,8 +284,9 @@ class Config:
     rules: "v1" (tf.compat.v1.keras, default) or "v2" (TF2 tf.keras); moving_variance:
     "auto", "biased" (ONNX) or "unbiased" (PyTorch); cumulative_average: PyTorch
     momentum=None; single_value: "compute" (Keras) or "reject" (PyTorch); relu: fused ReLU
-    epilogue. renorm/virtual_batch_size/adjustment/allreduce are passed on as given (version
-    1.0.0 answers BN_ERR_UNSUPPORTED when they are switched on).
+    epilogue. renorm (with renorm_clipping {rmax, rmin, dmax} and renorm_momentum),
+    virtual_batch_size and adjustment as Keras; allreduce is passed on as given (version
+    1.0.0 answers BN_ERR_UNSUPPORTED when it is switched on).
 
     adjustment(shape, scale, bias) fills the float64 arrays scale and bias in place;
     allreduce(buffer) sums the float64 array in place across replicas. A Python exception

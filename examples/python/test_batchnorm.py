@@ -401,15 +401,22 @@ class ErrorTests(Checks):
         # switched on, the options version 1.0.0 does not offer are refused by the library
         for kwargs, fn in (({"dtype": np.float16}, "bn_config_set_dtype"),
                            ({"dtype": "bfloat16"}, "bn_config_set_dtype"),
-                           ({"renorm": True}, "bn_config_set_renorm"),
-                           ({"virtual_batch_size": 2}, "bn_config_set_virtual_batch_size"),
-                           ({"adjustment": lambda shape, s, b: None}, "bn_config_set_adjustment"),
                            ({"allreduce": lambda buf: None}, "bn_config_set_allreduce")):
             with self.subTest(option=fn):
                 with self.assertRaises(bn.BatchNormError) as cm:
                     bn.Config(**kwargs)
                 self.assertEqual(cm.exception.status, bn.BN_ERR_UNSUPPORTED)
                 self.assertTrue(cm.exception.message.startswith(fn + ":"), cm.exception.message)
+
+    def test_adjustment_failure_is_a_callback_error(self):
+        def broken(shape, scale, bias):
+            raise RuntimeError("no adjustment today")
+        layer = bn.Layer(bn.Config(adjustment=broken), (4, 3))
+        layer.training = True
+        with self.assertRaises(bn.BatchNormError) as cm:
+            layer.forward(np.ones((4, 3), np.float32))
+        self.assertEqual(cm.exception.status, bn.BN_ERR_CALLBACK)
+        self.assertIsInstance(cm.exception.__cause__, RuntimeError)
 
     def test_closed(self):
         layer = bn.Layer(bn.Config(), (2, 3))
@@ -542,6 +549,38 @@ class ApiTests(Checks):
             layer.beta = np.array([-1.0, 0.5, -0.25])
             layer.apply_constraints()
             np.testing.assert_array_equal(layer.beta, [0.0, 0.5, 0.0])
+
+    def test_renorm_ghost_batches_adjustment(self):
+        """Keras' renorm at its first step (r = 1, d = 0 when the renorm statistics equal the
+        batch's), ghost batches equal to per-ghost normalization, and adjustment inside gamma/beta,
+        each against numpy."""
+        rng = np.random.default_rng(5)
+        x = rng.normal(2.0, 3.0, (8, 4)).astype(np.float64)
+        eps = 1e-3
+        # Adjustment: y = g*(a_s*xhat + a_b) + b with g = 1, b = 0.
+        def adjust(shape, scale, bias):
+            self.assertEqual(shape, (8, 4))
+            scale[:] = [1.0, 2.0, 0.5, 1.0]
+            bias[:] = [0.0, 1.0, -1.0, 0.25]
+        layer = bn.Layer(bn.Config(dtype=np.float64, epsilon=eps, adjustment=adjust), (8, 4))
+        layer.training = True
+        xhat = (x - x.mean(0)) / np.sqrt(x.var(0) + eps)
+        np.testing.assert_allclose(layer.forward(x), xhat * [1.0, 2.0, 0.5, 1.0] + [0.0, 1.0, -1.0, 0.25],
+                                   rtol=1e-12, atol=1e-12)
+        # Ghost batches of 2: ghost j holds samples j, j + 4 (strided, as Keras reshapes).
+        layer = bn.Layer(bn.Config(dtype=np.float64, epsilon=eps, virtual_batch_size=2), (8, 4))
+        layer.training = True
+        y = layer.forward(x)
+        ghosts = x.reshape(2, 4, 4)
+        want = ((ghosts - ghosts.mean(0)) / np.sqrt(ghosts.var(0) + eps)).reshape(8, 4)
+        np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+        # Renorm: unclipped, r and d come from the renorm statistics (initially mean 0,
+        # stddev 1), so y = r*xhat + d.
+        layer = bn.Layer(bn.Config(dtype=np.float64, epsilon=eps, renorm=True), (8, 4))
+        layer.training = True
+        r = np.sqrt(x.var(0) + eps) / 1.0
+        d = x.mean(0) / 1.0
+        np.testing.assert_allclose(layer.forward(x), r * xhat + d, rtol=1e-12, atol=1e-12)
 
     def test_trainable_and_momentum(self):
         x = np.array([[0.0, 2.0], [2.0, 6.0]], np.float64)  # batch means 1, 4; variances 1, 4
