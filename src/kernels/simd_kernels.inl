@@ -1,6 +1,9 @@
-// SIMD kernels for float32, written once over a vector-traits type `V` and compiled once
-// per ISA (avx2.cpp, avx512.cpp include this inside their own namespace, so the two
-// instantiations never meet at link time).
+// SIMD kernels, written once over a vector-traits type `V` and an element type E (float,
+// bf16, f16), and compiled once per ISA (avx2.cpp, avx512.cpp include this inside their own
+// namespace, so the instantiations never meet at link time). They compute in float vectors:
+// V::load / V::loadn / V::store / V::storen are overloaded on the element pointer type, and
+// widen 16-bit elements to float on load and round to nearest even on store, so a 16-bit
+// kernel computes exactly what the float kernel computes on the same values.
 //
 // Two layouts get vector code; every other geometry goes to the reference kernels:
 //  - planar:      a single kept group with inner >= V::W (NCHW, NCDHW, NCL): each (o, s) row is
@@ -72,10 +75,11 @@ inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, 
 }
 
 // --- statistics -----------------------------------------------------------------------
-void stats_planar(const StatsArgs<float>& args, const Block& block) {
+template <class E>
+void stats_planar(const StatsArgs<E>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
   // sizes stay in registers.
-  const StatsArgs<float> a = args;
+  const StatsArgs<E> a = args;
   const Block b = block;
   const int64_t span = a.geometry.span, inner = a.geometry.inner;
   const double count = static_cast<double>((b.o1 - b.o0) * inner);
@@ -83,11 +87,11 @@ void stats_planar(const StatsArgs<float>& args, const Block& block) {
   auto add_sq = [](typename V::F r, typename V::F v) { return V::fma(v, v, r); };
   for (int64_t s = b.s0; s < b.s1; ++s) {
     // Pass 1: the mean, summing x - x0 (x0 = the block's first value of the feature).
-    const float x0 = a.x[(b.o0 * span + s) * inner];
+    const float x0 = to_float(a.x[(b.o0 * span + s) * inner]);
     const typename V::F v0 = V::set1(x0);
     WideSum sum;
     for (int64_t o = b.o0; o < b.o1; ++o) {
-      const float* row = a.x + (o * span + s) * inner;
+      const E* row = a.x + (o * span + s) * inner;
       sum_run(
           sum, inner, [&](int64_t i) { return V::sub(V::load(row + i), v0); },
           [&](int64_t i, int n) { return V::subn(row + i, v0, n); }, add);
@@ -98,7 +102,7 @@ void stats_planar(const StatsArgs<float>& args, const Block& block) {
     const typename V::F vm = V::set1(mf);
     WideSum sq;
     for (int64_t o = b.o0; o < b.o1; ++o) {
-      const float* row = a.x + (o * span + s) * inner;
+      const E* row = a.x + (o * span + s) * inner;
       sum_run(
           sq, inner, [&](int64_t i) { return V::sub(V::load(row + i), vm); },
           [&](int64_t i, int n) { return V::subn(row + i, vm, n); }, add_sq);
@@ -136,15 +140,16 @@ inline void sum_rows(int64_t o0, int64_t o1, int64_t n, double* acc, Value value
   }
 }
 
-void stats_interleaved(const StatsArgs<float>& args, const Block& block) {
-  const StatsArgs<float> a = args;
+template <class E>
+void stats_interleaved(const StatsArgs<E>& args, const Block& block) {
+  const StatsArgs<E> a = args;
   const Block b = block;
   const int64_t span = a.geometry.span;
   const double count = static_cast<double>(b.o1 - b.o0);
   alignas(64) float center[kSegment];
   for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {
     const int64_t n = b.s1 - s0 < kSegment ? b.s1 - s0 : kSegment;
-    const float* first = a.x + b.o0 * span + s0;
+    const E* first = a.x + b.o0 * span + s0;
     double* mean = a.mean + s0;
     double* m2 = a.m2 + s0;
     auto width = [&](int64_t j) { return static_cast<int>(n - j < V::W ? n - j : V::W); };
@@ -153,7 +158,7 @@ void stats_interleaved(const StatsArgs<float>& args, const Block& block) {
       return V::sub(V::loadn(a.x + o * span + s0 + j, width(j)), V::loadn(first + j, width(j)));
     });
     for (int64_t f = 0; f < n; ++f) {
-      mean[f] = static_cast<double>(first[f]) + mean[f] / count;
+      mean[f] = static_cast<double>(to_float(first[f])) + mean[f] / count;
       center[f] = static_cast<float>(mean[f]);
     }
     // Pass 2 (the block is in cache): squared deviations from float(mean);
@@ -169,25 +174,31 @@ void stats_interleaved(const StatsArgs<float>& args, const Block& block) {
   }
 }
 
-void stats_simd(const StatsArgs<float>& args, const Block& block) {
+template <class E>
+void stats_simd(const StatsArgs<E>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
   // sizes stay in registers.
-  const StatsArgs<float> a = args;
+  const StatsArgs<E> a = args;
   const Block b = block;
   if (is_planar(a.geometry)) return stats_planar(a, b);
   if (is_interleaved(a.geometry)) return stats_interleaved(a, b);
-  reference_f32().stats(a, b);
+  reference<E>().stats(a, b);
 }
 
 // --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
+// P is an element type (float, bf16, f16) or float for the per-feature constants.
 struct Full {
-  typename V::F operator()(const float* p) const { return V::load(p); }
-  void store(float* p, typename V::F v) const { V::store(p, v); }
+  template <class P>
+  typename V::F operator()(const P* p) const { return V::load(p); }
+  template <class P>
+  void store(P* p, typename V::F v) const { V::store(p, v); }
 };
 struct Tail {
   int n;
-  typename V::F operator()(const float* p) const { return V::loadn(p, n); }
-  void store(float* p, typename V::F v) const { V::storen(p, v, n); }
+  template <class P>
+  typename V::F operator()(const P* p) const { return V::loadn(p, n); }
+  template <class P>
+  void store(P* p, typename V::F v) const { V::storen(p, v, n); }
 };
 
 // Per-feature constants of one vector: N arrays indexed by feature, each as a vector.
@@ -230,8 +241,8 @@ inline void walk(const Geometry& g, const Block& b, const float* const (&tables)
 }
 
 // --- normalize: y = fma(x - c, k, t), then + residual, then ReLU ------------------------
-template <bool Residual, bool Relu>
-void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
+template <class E, bool Residual, bool Relu>
+void normalize_impl(const NormalizeArgs<E>& a, const Block& b) {
   const float* const tables[3] = {a.center, a.scale, a.shift};
   walk(a.geometry, b, tables, [&](auto ld, int64_t at, const Consts<3>& k) {
     typename V::F z = V::fma(V::sub(ld(a.x + at), k.v[0]), k.v[1], k.v[2]);
@@ -241,36 +252,41 @@ void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
   });
 }
 
-void normalize_simd(const NormalizeArgs<float>& args, const Block& block) {
+template <class E>
+void normalize_simd(const NormalizeArgs<E>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
   // sizes stay in registers.
-  const NormalizeArgs<float> a = args;
+  const NormalizeArgs<E> a = args;
   const Block b = block;
-  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().normalize(a, b);
-  if (a.residual) return a.relu ? normalize_impl<true, true>(a, b) : normalize_impl<true, false>(a, b);
-  return a.relu ? normalize_impl<false, true>(a, b) : normalize_impl<false, false>(a, b);
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference<E>().normalize(a, b);
+  if (a.residual) return a.relu ? normalize_impl<E, true, true>(a, b) : normalize_impl<E, true, false>(a, b);
+  return a.relu ? normalize_impl<E, false, true>(a, b) : normalize_impl<E, false, false>(a, b);
 }
 
 // --- the ReLU gate of the backward -------------------------------------------------------
 enum GateMode { kNoGate = 0, kGateFromY = 1, kGateFromX = 2 };
 
-inline int gate_mode(const Gate<float>& g) { return g.y ? kGateFromY : g.z_center ? kGateFromX : kNoGate; }
+template <class E>
+inline int gate_mode(const Gate<E>& g) { return g.y ? kGateFromY : g.z_center ? kGateFromX : kNoGate; }
 
 // dy where the forward's ReLU was open, for the vector at (ld, at); zc, zk, zt are the
-// forward's folded transform for that vector (used by kGateFromX only).
-template <int Mode, class Ld>
-inline typename V::F gated_dy(const Gate<float>& g, Ld ld, const float* x, const float* dy, int64_t at,
+// forward's folded transform for that vector (used by kGateFromX only): open where the
+// forward's output, z rounded to E, is > 0, i.e. z > relu_threshold<E>().
+template <int Mode, class E, class Ld>
+inline typename V::F gated_dy(const Gate<E>& g, Ld ld, const E* x, const E* dy, int64_t at,
                               typename V::F zc, typename V::F zk, typename V::F zt) {
   const typename V::F d = ld(dy + at);
-  if constexpr (Mode == kGateFromY) return V::gate(d, ld(g.y + at));
-  if constexpr (Mode == kGateFromX) return V::gate(d, V::fma(V::sub(ld(x + at), zc), zk, zt));
+  if constexpr (Mode == kGateFromY) return V::gate(d, ld(g.y + at), V::set1(0.0f));
+  if constexpr (Mode == kGateFromX) {
+    return V::gate(d, V::fma(V::sub(ld(x + at), zc), zk, zt), V::set1(relu_threshold<E>()));
+  }
   (void)g, (void)x, (void)zc, (void)zk, (void)zt;
   return d;
 }
 
 // --- backward sums: sum dy, sum dy*(x - c) ---------------------------------------------
-template <int Mode>
-void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
+template <class E, int Mode>
+void backward_sums_impl(const BackwardSumsArgs<E>& a, const Block& b) {
   const Geometry& g = a.geometry;
   if (is_planar(g)) {
     const int64_t span = g.span, inner = g.inner;
@@ -337,20 +353,21 @@ void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
   }
 }
 
-void backward_sums_simd(const BackwardSumsArgs<float>& args, const Block& block) {
-  const BackwardSumsArgs<float> a = args;
+template <class E>
+void backward_sums_simd(const BackwardSumsArgs<E>& args, const Block& block) {
+  const BackwardSumsArgs<E> a = args;
   const Block b = block;
-  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().backward_sums(a, b);
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference<E>().backward_sums(a, b);
   switch (gate_mode(a.gate)) {
-    case kGateFromY: return backward_sums_impl<kGateFromY>(a, b);
-    case kGateFromX: return backward_sums_impl<kGateFromX>(a, b);
-    default: return backward_sums_impl<kNoGate>(a, b);
+    case kGateFromY: return backward_sums_impl<E, kGateFromY>(a, b);
+    case kGateFromX: return backward_sums_impl<E, kGateFromX>(a, b);
+    default: return backward_sums_impl<E, kNoGate>(a, b);
   }
 }
 
 // --- backward dx = fma(k_dy, dy, fma(k_x, x - c, k_c)); dresidual = dy (gated) ---------
-template <int Mode, bool Dx, bool Dres>
-void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
+template <class E, int Mode, bool Dx, bool Dres>
+void backward_dx_impl(const BackwardDxArgs<E>& a, const Block& b) {
   const bool from_x = Mode == kGateFromX;
   const float* const tables[7] = {a.center,
                                   a.k_dy,
@@ -366,23 +383,33 @@ void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
   });
 }
 
-template <int Mode>
-void backward_dx_mode(const BackwardDxArgs<float>& a, const Block& b) {
-  if (a.dx) return a.dresidual ? backward_dx_impl<Mode, true, true>(a, b) : backward_dx_impl<Mode, true, false>(a, b);
-  if (a.dresidual) backward_dx_impl<Mode, false, true>(a, b);
+template <class E, int Mode>
+void backward_dx_mode(const BackwardDxArgs<E>& a, const Block& b) {
+  if (a.dx) {
+    return a.dresidual ? backward_dx_impl<E, Mode, true, true>(a, b) : backward_dx_impl<E, Mode, true, false>(a, b);
+  }
+  if (a.dresidual) backward_dx_impl<E, Mode, false, true>(a, b);
 }
 
-void backward_dx_simd(const BackwardDxArgs<float>& args, const Block& block) {
-  const BackwardDxArgs<float> a = args;
+template <class E>
+void backward_dx_simd(const BackwardDxArgs<E>& args, const Block& block) {
+  const BackwardDxArgs<E> a = args;
   const Block b = block;
-  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().backward_dx(a, b);
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference<E>().backward_dx(a, b);
   switch (gate_mode(a.gate)) {
-    case kGateFromY: return backward_dx_mode<kGateFromY>(a, b);
-    case kGateFromX: return backward_dx_mode<kGateFromX>(a, b);
-    default: return backward_dx_mode<kNoGate>(a, b);
+    case kGateFromY: return backward_dx_mode<E, kGateFromY>(a, b);
+    case kGateFromX: return backward_dx_mode<E, kGateFromX>(a, b);
+    default: return backward_dx_mode<E, kNoGate>(a, b);
   }
+}
+
+template <class E>
+constexpr KernelTable<E> make_table() {
+  return {kIsaName, &stats_simd<E>, &normalize_simd<E>, &backward_sums_simd<E>, &backward_dx_simd<E>};
 }
 
 }  // namespace
 
-const KernelTable<float> kTableF32{kIsaName, &stats_simd, &normalize_simd, &backward_sums_simd, &backward_dx_simd};
+const KernelTable<float> kTableF32 = make_table<float>();
+const KernelTable<bf16> kTableBF16 = make_table<bf16>();
+const KernelTable<f16> kTableF16 = make_table<f16>();
