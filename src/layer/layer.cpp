@@ -56,9 +56,24 @@ std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype) {
   return "";
 }
 
+// Calls fn with a value of the kernels' element type E for `dtype`: double for f64, the
+// 16-bit tags for bf16 and f16, float for f32. Parameters, statistics and the per-feature
+// kernel constants are double for f64 and float otherwise (kernels::Compute<E>).
+template <class Fn>
+void with_element(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::f64: return fn(double{});
+    case DType::bf16: return fn(kernels::bf16{});
+    case DType::f16: return fn(kernels::f16{});
+    case DType::f32: break;
+  }
+  fn(float{});
+}
+
 // The normalization y = (x - mean)*k + t, folded for kernels computing
-// fma(x - center, k1, k2) in T: center = T(mean) makes x - center exact near the mean
-// (Sterbenz), and the shift absorbs the rounding of the mean.
+// fma(x - center, k1, k2) in T (the compute type): center = T(mean) makes x - center exact
+// near the mean (Sterbenz), and the shift absorbs the rounding of the mean. 16-bit elements
+// are exact in float, so this holds for them too.
 template <class T>
 void fold_normalize(PerFeature<T>& out, size_t f, double mean, double k, double t) {
   const T center = static_cast<T>(mean);
@@ -111,9 +126,9 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
   if (!std::isfinite(config.epsilon) || config.epsilon < 0) {
     fail(Status::invalid_argument, "epsilon=" + std::to_string(config.epsilon) + " but it must be finite and >= 0");
   }
-  if (config.dtype != DType::f32 && config.dtype != DType::f64) {
-    fail(Status::unsupported, "dtype " + std::to_string(static_cast<int>(config.dtype)) +
-                                  " (16-bit floats) is not supported by this version; use BN_F32 or BN_F64");
+  if (config.dtype != DType::f32 && config.dtype != DType::f64 && config.dtype != DType::bf16 &&
+      config.dtype != DType::f16) {
+    fail(Status::invalid_argument, "dtype " + std::to_string(static_cast<int>(config.dtype)) + " is not a known dtype");
   }
   axes_ = resolve_axes(config.axes, input_shape, ndim);
 
@@ -265,16 +280,14 @@ const ShapePlan& Layer::plan_for(const int64_t* shape, int32_t ndim) {
 
 // ---------------------------------------------------------------------------
 // Forward
+// 16-bit layers (SEMANTICS A.7, B.9) compute in float from the widened inputs, with the
+// statistics accumulated in double and float parameters, and round y once to the 16-bit type.
 void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
   {
     Access shared(users_, false);
     if (!uses_batch_statistics()) {
       const ShapePlan plan = plan_shape(axes_, shape, ndim);
-      if (config_.dtype == DType::f64) {
-        forward_inference<double>(plan, io);
-      } else {
-        forward_inference<float>(plan, io);
-      }
+      with_element(config_.dtype, [&](auto e) { forward_inference<decltype(e)>(plan, io); });
       std::lock_guard<std::mutex> lock(saved_mutex_);
       saved_.valid = true;
       saved_.batch_statistics = false;
@@ -289,17 +302,13 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
     fail(Status::state, "the layer left training mode while this call started; call again");
   }
   const ShapePlan& plan = plan_for(shape, ndim);
-  if (config_.dtype == DType::f64) {
-    forward_training<double>(plan, io);
-  } else {
-    forward_training<float>(plan, io);
-  }
+  with_element(config_.dtype, [&](auto e) { forward_training<decltype(e)>(plan, io); });
 }
 
 template <class T>
 void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const {
   const auto& k = kernels::selected<T>();
-  const PerFeature<T>& pf = inference_constants<T>();
+  const PerFeature<kernels::Compute<T>>& pf = inference_constants<kernels::Compute<T>>();
   const kernels::NormalizeArgs<T> args{plan.geometry,
                                        static_cast<const T*>(io.x),
                                        static_cast<T*>(io.y),
@@ -323,7 +332,8 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   const BlockGrid& grid = plan.grid;
   const int64_t c = axes_.features;
   const auto& k = kernels::selected<T>();
-  PerFeature<T>& pf = call_constants<T>();
+  using C = kernels::Compute<T>;
+  PerFeature<C>& pf = call_constants<C>();
   // Per feature: keep mean and biased variance, and fold y = (x - mean)*gamma/sqrt(var + eps) + beta.
   auto transform = [&](int64_t f, double mean, double var) {
     work_a_[f] = mean;
@@ -399,7 +409,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     batch_variance_.swap(work_b_);
     saved_inv_std_.swap(work_d_);
     inference_stale_ = true;
-    if (config_.relu) relu_constants<T>() = pf;  // sizes match: copies, no allocation
+    if (config_.relu) relu_constants<C>() = pf;  // sizes match: copies, no allocation
   }
   // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
   // zero-size inputs); it still has a (zero) gradient.
@@ -419,7 +429,10 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
 //      = (g*s)*dy  +  (-g*s^3 * Sxc / m)*(x - mean)  +  (-g*s * Sdy / m)
 //   with Sdy = sum dy and Sxc = sum dy*(x - mean);  dgamma = s*Sxc;  dbeta = Sdy.
 // Inference (moving statistics are constants): dx = (g*s_mv)*dy, dgamma = s_mv * sum dy*(x - mm).
-// The kernels take the sums around c = T(mean) and compute x - c in T; with delta = mean - c:
+// Mixed precision (bf16/f16 x, dy): everything above is computed in float from the widened
+// 16-bit values, and dx is rounded once to the 16-bit type; dgamma and dbeta are float.
+// The kernels take the sums around c = C(mean) (C = Compute<T>: double for f64, float
+// otherwise) and compute x - c in C; with delta = mean - c:
 //   Sxc = sum dy*(x - c) - delta*Sdy,   k_x*(x - mean) + k_c = k_x*(x - c) + (k_c - k_x*delta).
 void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
   Access exclusive(users_, true);
@@ -438,11 +451,7 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
   }
   const ShapePlan& plan = plan_for(shape, ndim);
   const bool param_grads = (io.dgamma || io.dbeta) && config_.trainable && (config_.scale || config_.center);
-  if (config_.dtype == DType::f64) {
-    backward_impl<double>(plan, io, param_grads);
-  } else {
-    backward_impl<float>(plan, io, param_grads);
-  }
+  with_element(config_.dtype, [&](auto e) { backward_impl<decltype(e)>(plan, io, param_grads); });
   // work_c_ holds dgamma, work_d_ dbeta (zero where the parameter is absent or frozen).
   std::vector<double>& dg = work_c_;
   std::vector<double>& db = work_d_;
@@ -464,7 +473,8 @@ kernels::Gate<T> Layer::relu_gate(const BackwardIo& io) {
     gate.y = static_cast<const T*>(io.y);
     return gate;
   }
-  const PerFeature<T>& pf = saved_.batch_statistics ? relu_constants<T>() : inference_constants<T>();
+  using C = kernels::Compute<T>;
+  const PerFeature<C>& pf = saved_.batch_statistics ? relu_constants<C>() : inference_constants<C>();
   gate.z_center = pf.center.data();
   gate.z_scale = pf.k1.data();
   gate.z_shift = pf.k2.data();
@@ -487,10 +497,11 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   std::vector<double>& inv = work_b_;
   std::vector<double>& dgamma = work_c_;
   std::vector<double>& dbeta = work_d_;
-  PerFeature<T>& pf = call_constants<T>();
+  using C = kernels::Compute<T>;
+  PerFeature<C>& pf = call_constants<C>();
   for (int64_t f = 0; f < c; ++f) {
     inv[f] = batch ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
-    pf.center[f] = static_cast<T>(center[f]);
+    pf.center[f] = static_cast<C>(center[f]);
     dgamma[f] = 0.0;
     dbeta[f] = 0.0;
   }
@@ -505,9 +516,9 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     const double k_dy = gamma_[f] * inv[f];
     const double k_x = batch ? -(k_dy * inv[f] * inv[f] * sxc) / m : 0.0;
     const double k_c = batch ? -(k_dy * sdy) / m : 0.0;
-    pf.k1[f] = static_cast<T>(k_dy);
-    pf.k2[f] = static_cast<T>(k_x);
-    pf.k3[f] = static_cast<T>(k_c - k_x * delta);
+    pf.k1[f] = static_cast<C>(k_dy);
+    pf.k2[f] = static_cast<C>(k_x);
+    pf.k3[f] = static_cast<C>(k_c - k_x * delta);
   };
   const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
   const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
