@@ -39,13 +39,17 @@ struct V {
   static F widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   // Round to nearest even on the low 16 bits (as half.hpp's to_bf16): add 0x7FFF plus the
   // kept part's lowest bit and keep the top half; NaN keeps its top half, made quiet.
+  // The rounding works on whole 32-bit lanes; one word permutation (AVX-512BW) then gathers
+  // their top halves.
   static __m256i narrow_bf16(F v) {
     const __m512i b = _mm512_castps_si512(v);
-    const __m512i top = _mm512_srli_epi32(b, 16);
-    const __m512i odd = _mm512_and_si512(top, _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), odd), 16);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), odd);
     const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    return _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(rounded, nan, top, _mm512_set1_epi32(0x40)));
+    const __m512i r = _mm512_mask_or_epi32(rounded, nan, b, _mm512_set1_epi32(0x00400000));
+    const __m512i top_halves = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 31, 29, 27, 25, 23, 21, 19,
+                                                17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi16(top_halves, r));
   }
   static F load(const f16* p) { return widen_f16(load16(p)); }
   static F loadn(const f16* p, int n) { return widen_f16(load16n(p, n)); }
