@@ -87,7 +87,7 @@ struct StatsArgs {
 
 // y = fma(x - center[f], scale[f], shift[f]), computed in Compute<T>. The layer folds the
 // transform so that this is exact to a few ulps even for large means: center is the
-// batch mean rounded to T (so x - center is exact by Sterbenz' lemma near the mean),
+// batch mean rounded to Compute<T> (so x - center is exact by Sterbenz' lemma near the mean),
 // and shift absorbs the rounding of the mean: shift = beta - (mean - center) * scale.
 // Being elementwise with one FMA, every ISA produces the same bits.
 //

@@ -425,6 +425,37 @@ TEST_CASE("16-bit forward in place equals out of place", "[half]") {
   bn_destroy(b);
 }
 
+TEST_CASE("16-bit results are bitwise the same for any thread count", "[half]") {
+  const bn_dtype dtype = GENERATE(BN_BF16, BN_F16);
+  const size_t index = GENERATE(size_t{5}, size_t{6});  // the setups with several row blocks
+  CAPTURE(name_of(dtype), index);
+  const Setup& s = setups()[index];
+  const HalfFormat& fmt = format_of(dtype);
+  const int64_t n = count(s.shape);
+  const std::vector<uint16_t> x = encode(fmt, draw(fmt, n, 21, 3.0, 2.0)), dy = encode(fmt, draw(fmt, n, 22, 0, 1));
+  std::vector<std::vector<uint16_t>> ys, dxs;
+  std::vector<std::vector<float>> dgs;
+  for (int32_t threads : {1, 2, 3, 0}) {
+    bn_layer* layer = make_layer(s, dtype);
+    REQUIRE(bn_set_num_threads(layer, threads) == BN_OK);
+    REQUIRE(bn_set_training(layer, 1) == BN_OK);
+    std::vector<uint16_t> y(static_cast<size_t>(n)), dx(static_cast<size_t>(n));
+    std::vector<float> dg(static_cast<size_t>(bn_num_features(layer)));
+    const auto nd = static_cast<int32_t>(s.shape.size());
+    REQUIRE(bn_forward(layer, s.shape.data(), nd, x.data(), y.data()) == BN_OK);
+    REQUIRE(bn_backward(layer, s.shape.data(), nd, x.data(), dy.data(), dx.data(), dg.data(), nullptr) == BN_OK);
+    ys.push_back(y);
+    dxs.push_back(dx);
+    dgs.push_back(dg);
+    bn_destroy(layer);
+  }
+  for (size_t i = 1; i < ys.size(); ++i) {
+    CHECK(ys[i] == ys[0]);
+    CHECK(dxs[i] == dxs[0]);
+    CHECK(std::memcmp(dgs[i].data(), dgs[0].data(), dgs[0].size() * sizeof(float)) == 0);
+  }
+}
+
 TEST_CASE("16-bit layers follow Keras' fused decision; parameters are float", "[half]") {
   const bn_dtype dtype = GENERATE(BN_BF16, BN_F16);
   CAPTURE(name_of(dtype));
