@@ -233,12 +233,7 @@ bn_status bn_config_set_scale(bn_config* cfg, int enabled) {
 bn_status bn_config_set_dtype(bn_config* cfg, bn_dtype dtype) {
   return guarded("bn_config_set_dtype", [&] {
     require(cfg, "cfg");
-    const auto d = as_enum<bn::DType>(dtype, BN_F32, BN_F16, "dtype");
-    if (d == bn::DType::bf16 || d == bn::DType::f16) {
-      bn::fail(bn::Status::unsupported, "dtype=" + std::to_string(dtype) +
-                                            " (16-bit activations) is not supported by this version; use BN_F32 or BN_F64");
-    }
-    cfg->config.dtype = d;
+    cfg->config.dtype = as_enum<bn::DType>(dtype, BN_F32, BN_F16, "dtype");
   });
 }
 

@@ -279,8 +279,8 @@ class Config:
     """The layer's options, with the Keras defaults (validated by the library at once).
 
     axes: int or sequence (Keras `axis`, negative counts from the end); momentum, epsilon,
-    center, scale, trainable as in Keras; dtype: np.float32, np.float64 (np.float16 and
-    "bfloat16" are refused by version 1.0.0); fused: "auto"/None, "on"/True, "off"/False;
+    center, scale, trainable as in Keras; dtype: np.float32, np.float64, np.float16 or
+    "bfloat16" (uint16 arrays holding the bits; parameters are float32); fused: "auto"/None, "on"/True, "off"/False;
     rules: "v1" (tf.compat.v1.keras, default) or "v2" (TF2 tf.keras); moving_variance:
     "auto", "biased" (ONNX) or "unbiased" (PyTorch); cumulative_average: PyTorch
     momentum=None; single_value: "compute" (Keras) or "reject" (PyTorch); relu: fused ReLU

@@ -399,14 +399,38 @@ class ErrorTests(Checks):
             bn.Config(dtype=np.int32)
         self.assertEqual(bn.Config(dtype="float64").param_dtype, np.float64)  # numpy spellings
         # switched on, the options version 1.0.0 does not offer are refused by the library
-        for kwargs, fn in (({"dtype": np.float16}, "bn_config_set_dtype"),
-                           ({"dtype": "bfloat16"}, "bn_config_set_dtype"),
-                           ({"allreduce": lambda buf: None}, "bn_config_set_allreduce")):
+        for kwargs, fn in (({"allreduce": lambda buf: None}, "bn_config_set_allreduce"),):
             with self.subTest(option=fn):
                 with self.assertRaises(bn.BatchNormError) as cm:
                     bn.Config(**kwargs)
                 self.assertEqual(cm.exception.status, bn.BN_ERR_UNSUPPORTED)
                 self.assertTrue(cm.exception.message.startswith(fn + ":"), cm.exception.message)
+
+    def test_float16_and_bfloat16_layers(self):
+        """16-bit activations (float32 parameters): within one 16-bit rounding of the float32
+        layer fed the same values."""
+        rng = np.random.default_rng(11)
+        x16 = rng.normal(1.0, 2.0, (6, 5)).astype(np.float16)
+        ref = bn.Layer(bn.Config(), (6, 5))
+        half = bn.Layer(bn.Config(dtype=np.float16), (6, 5))
+        for layer in (ref, half):
+            layer.training = True
+        y32 = ref.forward(x16.astype(np.float32))
+        y16 = half.forward(x16)
+        self.assertEqual(y16.dtype, np.float16)
+        np.testing.assert_allclose(y16.astype(np.float32), y32, rtol=2 ** -10, atol=2 ** -14)
+        np.testing.assert_array_equal(half.moving_mean, ref.moving_mean)
+        # bfloat16 travels as its uint16 bits: the top half of a float32.
+        xb = (x16.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        bfl = bn.Layer(bn.Config(dtype="bfloat16"), (6, 5))
+        bfl.training = True
+        yb = bfl.forward(xb)
+        self.assertEqual(yb.dtype, np.uint16)
+        yb32 = (yb.astype(np.uint32) << 16).view(np.float32)
+        refb = bn.Layer(bn.Config(), (6, 5))
+        refb.training = True
+        want = refb.forward((xb.astype(np.uint32) << 16).view(np.float32))
+        np.testing.assert_allclose(yb32, want, rtol=2 ** -7, atol=2 ** -10)
 
     def test_adjustment_failure_is_a_callback_error(self):
         def broken(shape, scale, bias):

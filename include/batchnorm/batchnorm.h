@@ -73,13 +73,18 @@ BN_API const char* bn_last_error(void);
 /* ------------------------------------------------------------------------ */
 /* Enumerations                                                              */
 /* ------------------------------------------------------------------------ */
-/* Element types. x, y, dy, dx are of the layer's dtype. Parameters, statistics and
- * parameter gradients are double for BN_F64 layers and float for every other dtype. */
+/* Element types. x, y, dy, dx (and residual, dresidual) are of the layer's dtype. Parameters,
+ * statistics and parameter gradients are double for BN_F64 layers and float for every other
+ * dtype, BN_BF16 and BN_F16 included (16-bit activations, 32-bit statistics, as Keras' mixed
+ * precision). 16-bit tensors are arrays of uint16_t holding the raw bits: IEEE 754 binary16
+ * for BN_F16, bfloat16 (the top 16 bits of an IEEE binary32) for BN_BF16. Such a layer widens
+ * its inputs to float, computes in float (statistics accumulated in double) and rounds each
+ * output once to the 16-bit type, to nearest even; out-of-range results become inf, NaN stays NaN. */
 typedef int32_t bn_dtype;
 #define BN_F32 0
 #define BN_F64 1
-#define BN_BF16 2
-#define BN_F16 3
+#define BN_BF16 2 /* bfloat16 tensors (uint16_t bits), float parameters */
+#define BN_F16 3  /* IEEE half tensors (uint16_t bits), float parameters */
 
 /* Keras' `fused` argument: selects the fused path's observable semantics
  * (Bessel-corrected moving variance, epsilon clamped to >= 1.001e-5). */
@@ -180,7 +185,7 @@ BN_API bn_status bn_config_set_epsilon(bn_config* cfg, double epsilon);
 BN_API bn_status bn_config_set_center(bn_config* cfg, int enabled);
 /** Keras `scale`: 0 means no gamma (scale 1). */
 BN_API bn_status bn_config_set_scale(bn_config* cfg, int enabled);
-/** BN_F32 or BN_F64 (BN_BF16 and BN_F16 are BN_ERR_UNSUPPORTED in this version). */
+/** BN_F32, BN_F64, BN_BF16 or BN_F16 (see "Element types"). */
 BN_API bn_status bn_config_set_dtype(bn_config* cfg, bn_dtype dtype);
 /** Keras `trainable`: under V2 rules 0 means inference even in training mode; under
  *  V1 rules it only freezes gamma and beta. A frozen layer reports zero dgamma/dbeta. */

@@ -12,9 +12,15 @@
 // Kernels take raw pointers and one argument struct; they never allocate, lock,
 // throw or spawn threads. A block is a fixed rectangle [o0,o1) x [s0,s1) x [0,I)
 // chosen from the shape alone, so results never depend on the thread count.
+//
+// Element types E: float, double, and the 16-bit bf16 and f16 (half.hpp). Kernels compute in
+// Compute<E> (double for double, float otherwise): 16-bit elements are widened to float on
+// load and rounded once on store, and the per-feature constants are Compute<E>.
 #pragma once
 
 #include <cstdint>
+
+#include "kernels/half.hpp"
 
 namespace bn::kernels {
 
@@ -79,9 +85,9 @@ struct StatsArgs {
   double* m2;
 };
 
-// y = fma(x - center[f], scale[f], shift[f]), computed in T. The layer folds the
+// y = fma(x - center[f], scale[f], shift[f]), computed in Compute<T>. The layer folds the
 // transform so that this is exact to a few ulps even for large means: center is the
-// batch mean rounded to T (so x - center is exact by Sterbenz' lemma near the mean),
+// batch mean rounded to Compute<T> (so x - center is exact by Sterbenz' lemma near the mean),
 // and shift absorbs the rounding of the mean: shift = beta - (mean - center) * scale.
 // Being elementwise with one FMA, every ISA produces the same bits.
 //
@@ -92,9 +98,9 @@ struct NormalizeArgs {
   Geometry geometry;
   const T* x;
   T* y;
-  const T* center;
-  const T* scale;
-  const T* shift;
+  const Compute<T>* center;
+  const Compute<T>* scale;
+  const Compute<T>* shift;
   const T* residual = nullptr;
   bool relu = false;
   bool stream = false;  // hint: y is too large to stay in cache (non-temporal stores)
@@ -103,30 +109,31 @@ struct NormalizeArgs {
 // The ReLU mask of a forward with the epilogue, for the backward: the gradient that reaches
 // the normalization is dy where the ReLU was open, 0 elsewhere. The mask is read from the
 // forward's output (y > 0) when `y` is set, else recomputed from x with the forward's folded
-// transform (fma(x - z_center, z_scale, z_shift) > 0, bitwise the forward's decision) when
+// transform (z = fma(x - z_center, z_scale, z_shift), open where the forward's output, z
+// rounded to T, is > 0: z > relu_threshold<T>(), bitwise the forward's decision) when
 // z_center is set; no mask (no ReLU) when neither is.
 template <class T>
 struct Gate {
   const T* y = nullptr;
-  const T* z_center = nullptr;
-  const T* z_scale = nullptr;
-  const T* z_shift = nullptr;
+  const Compute<T>* z_center = nullptr;
+  const Compute<T>* z_scale = nullptr;
+  const Compute<T>* z_shift = nullptr;
 };
 
 // Backward reductions of one block, accumulated in double:
-//   sum_dy[f] = sum dy,   sum_dyxc[f] = sum dy * (x - center[f])   (center in T).
+//   sum_dy[f] = sum dy,   sum_dyxc[f] = sum dy * (x - center[f])   (x - center in Compute<T>).
 template <class T>
 struct BackwardSumsArgs {
   Geometry geometry;
   const T* x;
   const T* dy;
-  const T* center;
+  const Compute<T>* center;
   double* sum_dy;  // partial row of this block
   double* sum_dyxc;
   Gate<T> gate = {};  // dy means the gated dy throughout when a mask is set
 };
 
-// dx = fma(k_dy[f], dy, fma(k_x[f], x - center[f], k_c[f])), computed in T
+// dx = fma(k_dy[f], dy, fma(k_x[f], x - center[f], k_c[f])), computed in Compute<T>
 // (see layer.cpp for the derivation and the folding of the centre's rounding).
 template <class T>
 struct BackwardDxArgs {
@@ -134,10 +141,10 @@ struct BackwardDxArgs {
   const T* x;
   const T* dy;
   T* dx;
-  const T* center;
-  const T* k_dy;
-  const T* k_x;
-  const T* k_c;
+  const Compute<T>* center;
+  const Compute<T>* k_dy;
+  const Compute<T>* k_x;
+  const Compute<T>* k_c;
   Gate<T> gate = {};
   T* dresidual = nullptr;  // when set: the gated dy (the residual's gradient); dx may be null then
   bool stream = false;     // hint: dx is too large to stay in cache (non-temporal stores)
@@ -155,9 +162,25 @@ struct KernelTable {
 // The scalar reference kernels: always present; fallback and test oracle.
 const KernelTable<float>& reference_f32();
 const KernelTable<double>& reference_f64();
-// The float tables of one ISA by name ("ref", "avx2", "avx512"); nullptr where this CPU
-// lacks the ISA. Lets the tests run every table the machine can execute.
-const KernelTable<float>* kernels_for_isa_f32(const char* isa);
+const KernelTable<bf16>& reference_bf16();
+const KernelTable<f16>& reference_f16();
+template <class T>
+const KernelTable<T>& reference() {
+  if constexpr (std::is_same_v<T, double>) {
+    return reference_f64();
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    return reference_bf16();
+  } else if constexpr (std::is_same_v<T, f16>) {
+    return reference_f16();
+  } else {
+    return reference_f32();
+  }
+}
+// The tables of one ISA by name ("ref", "avx2", "avx512"); nullptr where this CPU lacks the
+// ISA. Lets the tests run every table the machine can execute. Defined for float, bf16, f16.
+template <class T>
+const KernelTable<T>* kernels_for_isa(const char* isa);
+inline const KernelTable<float>* kernels_for_isa_f32(const char* isa) { return kernels_for_isa<float>(isa); }
 
 // The kernels chosen once for this CPU (dispatch.cpp): the widest ISA the CPU has, or the
 // one named by the environment variable BN_ISA (ref, avx2, avx512) when the CPU has it.

@@ -1,6 +1,9 @@
-// SIMD kernels for float32, written once over a vector-traits type `V` and compiled once
-// per ISA (avx2.cpp, avx512.cpp include this inside their own namespace, so the two
-// instantiations never meet at link time).
+// SIMD kernels, written once over a vector-traits type `V` and an element type E (float,
+// bf16, f16), and compiled once per ISA (avx2.cpp, avx512.cpp include this inside their own
+// namespace, so the instantiations never meet at link time). They compute in float vectors:
+// V::load / V::loadn / V::store / V::storen are overloaded on the element pointer type, and
+// widen 16-bit elements to float on load and round to nearest even on store, so a 16-bit
+// kernel computes exactly what the float kernel computes on the same values.
 //
 // Two layouts get vector code; every other geometry goes to the reference kernels:
 //  - planar:      a single kept group with inner >= V::W (NCHW, NCDHW, NCL): each (o, s) row is
@@ -76,28 +79,32 @@ inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, 
 template <bool Stream>
 struct FullT {
   int lanes() const { return V::W; }
-  typename V::F operator()(const float* p) const { return V::load(p); }
-  void store(float* p, typename V::F v) const {
-    if (Stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
-      V::stream(p, v);
-    } else {
-      V::store(p, v);
+  template <class P>
+  typename V::F operator()(const P* p) const { return V::load(p); }
+  template <class P>
+  void store(P* p, typename V::F v) const {
+    if constexpr (Stream && std::is_same_v<P, float>) {
+      if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) return V::stream(p, v);
     }
+    V::store(p, v);
   }
 };
 using Full = FullT<false>;
 struct Tail {
   int n;
   int lanes() const { return n; }
-  typename V::F operator()(const float* p) const { return V::loadn(p, n); }
-  void store(float* p, typename V::F v) const { V::storen(p, v, n); }
+  template <class P>
+  typename V::F operator()(const P* p) const { return V::loadn(p, n); }
+  template <class P>
+  void store(P* p, typename V::F v) const { V::storen(p, v, n); }
 };
 
 // --- statistics -----------------------------------------------------------------------
-void stats_planar(const StatsArgs<float>& args, const Block& block) {
+template <class E>
+void stats_planar(const StatsArgs<E>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
   // sizes stay in registers.
-  const StatsArgs<float> a = args;
+  const StatsArgs<E> a = args;
   const Block b = block;
   const int64_t span = a.geometry.span, inner = a.geometry.inner;
   const double count = static_cast<double>((b.o1 - b.o0) * inner);
@@ -105,11 +112,11 @@ void stats_planar(const StatsArgs<float>& args, const Block& block) {
   auto add_sq = [](typename V::F r, typename V::F v) { return V::fma(v, v, r); };
   for (int64_t s = b.s0; s < b.s1; ++s) {
     // Pass 1: the mean, summing x - x0 (x0 = the block's first value of the feature).
-    const float x0 = a.x[(b.o0 * span + s) * inner];
+    const float x0 = to_float(a.x[(b.o0 * span + s) * inner]);
     const typename V::F v0 = V::set1(x0);
     WideSum sum;
     for (int64_t o = b.o0; o < b.o1; ++o) {
-      const float* row = a.x + (o * span + s) * inner;
+      const E* row = a.x + (o * span + s) * inner;
       sum_run(
           sum, inner, [&](int64_t i) { return V::sub(V::load(row + i), v0); },
           [&](int64_t i, int n) { return V::subn(row + i, v0, n); }, add);
@@ -120,7 +127,7 @@ void stats_planar(const StatsArgs<float>& args, const Block& block) {
     const typename V::F vm = V::set1(mf);
     WideSum sq;
     for (int64_t o = b.o0; o < b.o1; ++o) {
-      const float* row = a.x + (o * span + s) * inner;
+      const E* row = a.x + (o * span + s) * inner;
       sum_run(
           sq, inner, [&](int64_t i) { return V::sub(V::load(row + i), vm); },
           [&](int64_t i, int n) { return V::subn(row + i, vm, n); }, add_sq);
@@ -164,8 +171,8 @@ struct DoubleStrip {
   }
 };
 
-template <class Ld>
-inline void stats_group(const float* x, int64_t stride, int rows, Ld ld, double* mean, double* m2, double n_before) {
+template <class E, class Ld>
+inline void stats_group(const E* x, int64_t stride, int rows, Ld ld, double* mean, double* m2, double n_before) {
   typename V::F v[kGroup];
   for (int r = 0; r < rows; ++r) v[r] = ld(x + r * stride);
   // Group mean: x0 + sum(x - x0)/rows.
@@ -202,8 +209,9 @@ inline void stats_group(const float* x, int64_t stride, int rows, Ld ld, double*
   qa.store(m2, n);
 }
 
-void stats_interleaved(const StatsArgs<float>& args, const Block& block) {
-  const StatsArgs<float> a = args;
+template <class E>
+void stats_interleaved(const StatsArgs<E>& args, const Block& block) {
+  const StatsArgs<E> a = args;
   const Block b = block;
   const int64_t span = a.geometry.span;
   for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {  // the segment's running moments stay in L1
@@ -213,21 +221,22 @@ void stats_interleaved(const StatsArgs<float>& args, const Block& block) {
     for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
       const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
       const double before = static_cast<double>(g0 - b.o0);
-      const float* x = a.x + g0 * span;
+      const E* x = a.x + g0 * span;
       for (int64_t j = s0; j < full; j += V::W) stats_group(x + j, span, rows, Full{}, a.mean + j, a.m2 + j, before);
       if (tail.n) stats_group(x + full, span, rows, tail, a.mean + full, a.m2 + full, before);
     }
   }
 }
 
-void stats_simd(const StatsArgs<float>& args, const Block& block) {
+template <class E>
+void stats_simd(const StatsArgs<E>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
   // sizes stay in registers.
-  const StatsArgs<float> a = args;
+  const StatsArgs<E> a = args;
   const Block b = block;
   if (is_planar(a.geometry)) return stats_planar(a, b);
   if (is_interleaved(a.geometry)) return stats_interleaved(a, b);
-  reference_f32().stats(a, b);
+  reference<E>().stats(a, b);
 }
 
 // Per-feature constants of one vector: N arrays indexed by feature, each as a vector.
@@ -317,12 +326,12 @@ inline void walk(const Geometry& g, const Block& b, const float* const (&tables)
 }
 
 // --- normalize: y = fma(x - c, k, t), then + residual, then ReLU ------------------------
-template <bool Residual, bool Relu>
-void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
+template <class E, bool Residual, bool Relu>
+void normalize_impl(const NormalizeArgs<E>& a, const Block& b) {
   const float* const tables[3] = {a.center, a.scale, a.shift};
-  const float* x = a.x;
-  const float* residual = a.residual;
-  float* y = a.y;
+  const E* x = a.x;
+  const E* residual = a.residual;
+  E* y = a.y;
   walk(a.geometry, b, tables, a.stream, [x, residual, y](auto ld, int64_t at, const Consts<3>& k) {
     typename V::F z = V::fma(V::sub(ld(x + at), k.v[0]), k.v[1], k.v[2]);
     if constexpr (Residual) z = V::add(z, ld(residual + at));
@@ -331,36 +340,41 @@ void normalize_impl(const NormalizeArgs<float>& a, const Block& b) {
   });
 }
 
-void normalize_simd(const NormalizeArgs<float>& args, const Block& block) {
+template <class E>
+void normalize_simd(const NormalizeArgs<E>& args, const Block& block) {
   // Local copies: stores through the output pointers cannot alias them, so the pointers and
   // sizes stay in registers.
-  const NormalizeArgs<float> a = args;
+  const NormalizeArgs<E> a = args;
   const Block b = block;
-  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().normalize(a, b);
-  if (a.residual) return a.relu ? normalize_impl<true, true>(a, b) : normalize_impl<true, false>(a, b);
-  return a.relu ? normalize_impl<false, true>(a, b) : normalize_impl<false, false>(a, b);
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference<E>().normalize(a, b);
+  if (a.residual) return a.relu ? normalize_impl<E, true, true>(a, b) : normalize_impl<E, true, false>(a, b);
+  return a.relu ? normalize_impl<E, false, true>(a, b) : normalize_impl<E, false, false>(a, b);
 }
 
 // --- the ReLU gate of the backward -------------------------------------------------------
 enum GateMode { kNoGate = 0, kGateFromY = 1, kGateFromX = 2 };
 
-inline int gate_mode(const Gate<float>& g) { return g.y ? kGateFromY : g.z_center ? kGateFromX : kNoGate; }
+template <class E>
+inline int gate_mode(const Gate<E>& g) { return g.y ? kGateFromY : g.z_center ? kGateFromX : kNoGate; }
 
 // dy where the forward's ReLU was open, for the vector at (ld, at); zc, zk, zt are the
-// forward's folded transform for that vector (used by kGateFromX only).
-template <int Mode, class Ld>
-inline typename V::F gated_dy(const Gate<float>& g, Ld ld, const float* x, const float* dy, int64_t at,
+// forward's folded transform for that vector (used by kGateFromX only): open where the
+// forward's output, z rounded to E, is > 0, i.e. z > relu_threshold<E>().
+template <int Mode, class E, class Ld>
+inline typename V::F gated_dy(const Gate<E>& g, Ld ld, const E* x, const E* dy, int64_t at,
                               typename V::F zc, typename V::F zk, typename V::F zt) {
   const typename V::F d = ld(dy + at);
-  if constexpr (Mode == kGateFromY) return V::gate(d, ld(g.y + at));
-  if constexpr (Mode == kGateFromX) return V::gate(d, V::fma(V::sub(ld(x + at), zc), zk, zt));
+  if constexpr (Mode == kGateFromY) return V::gate(d, ld(g.y + at), V::set1(0.0f));
+  if constexpr (Mode == kGateFromX) {
+    return V::gate(d, V::fma(V::sub(ld(x + at), zc), zk, zt), V::set1(relu_threshold<E>()));
+  }
   (void)g, (void)x, (void)zc, (void)zk, (void)zt;
   return d;
 }
 
 // --- backward sums: sum dy, sum dy*(x - c) ---------------------------------------------
-template <int Mode>
-void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
+template <class E, int Mode>
+void backward_sums_impl(const BackwardSumsArgs<E>& a, const Block& b) {
   const Geometry& g = a.geometry;
   if (is_planar(g)) {
     const int64_t span = g.span, inner = g.inner;
@@ -432,25 +446,26 @@ void backward_sums_impl(const BackwardSumsArgs<float>& a, const Block& b) {
   }
 }
 
-void backward_sums_simd(const BackwardSumsArgs<float>& args, const Block& block) {
-  const BackwardSumsArgs<float> a = args;
+template <class E>
+void backward_sums_simd(const BackwardSumsArgs<E>& args, const Block& block) {
+  const BackwardSumsArgs<E> a = args;
   const Block b = block;
-  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().backward_sums(a, b);
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference<E>().backward_sums(a, b);
   switch (gate_mode(a.gate)) {
-    case kGateFromY: return backward_sums_impl<kGateFromY>(a, b);
-    case kGateFromX: return backward_sums_impl<kGateFromX>(a, b);
-    default: return backward_sums_impl<kNoGate>(a, b);
+    case kGateFromY: return backward_sums_impl<E, kGateFromY>(a, b);
+    case kGateFromX: return backward_sums_impl<E, kGateFromX>(a, b);
+    default: return backward_sums_impl<E, kNoGate>(a, b);
   }
 }
 
 // --- backward dx = fma(k_dy, dy, fma(k_x, x - c, k_c)); dresidual = dy (gated) ---------
-template <int Mode, bool Dx, bool Dres>
-void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
-  const float* x = a.x;
-  const float* dy = a.dy;
-  float* dx = a.dx;
-  float* dres = a.dresidual;
-  const Gate<float> gate = a.gate;
+template <class E, int Mode, bool Dx, bool Dres>
+void backward_dx_impl(const BackwardDxArgs<E>& a, const Block& b) {
+  const E* x = a.x;
+  const E* dy = a.dy;
+  E* dx = a.dx;
+  E* dres = a.dresidual;
+  const Gate<E> gate = a.gate;
   // k.v: center, k_dy, k_x, k_c, and for kGateFromX the forward's transform.
   auto body = [=](auto ld, int64_t at, const auto& k) {
     typename V::F zc = V::set1(0.0f), zk = zc, zt = zc;
@@ -472,23 +487,33 @@ void backward_dx_impl(const BackwardDxArgs<float>& a, const Block& b) {
   }
 }
 
-template <int Mode>
-void backward_dx_mode(const BackwardDxArgs<float>& a, const Block& b) {
-  if (a.dx) return a.dresidual ? backward_dx_impl<Mode, true, true>(a, b) : backward_dx_impl<Mode, true, false>(a, b);
-  if (a.dresidual) backward_dx_impl<Mode, false, true>(a, b);
+template <class E, int Mode>
+void backward_dx_mode(const BackwardDxArgs<E>& a, const Block& b) {
+  if (a.dx) {
+    return a.dresidual ? backward_dx_impl<E, Mode, true, true>(a, b) : backward_dx_impl<E, Mode, true, false>(a, b);
+  }
+  if (a.dresidual) backward_dx_impl<E, Mode, false, true>(a, b);
 }
 
-void backward_dx_simd(const BackwardDxArgs<float>& args, const Block& block) {
-  const BackwardDxArgs<float> a = args;
+template <class E>
+void backward_dx_simd(const BackwardDxArgs<E>& args, const Block& block) {
+  const BackwardDxArgs<E> a = args;
   const Block b = block;
-  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference_f32().backward_dx(a, b);
+  if (!is_planar(a.geometry) && !is_interleaved(a.geometry)) return reference<E>().backward_dx(a, b);
   switch (gate_mode(a.gate)) {
-    case kGateFromY: return backward_dx_mode<kGateFromY>(a, b);
-    case kGateFromX: return backward_dx_mode<kGateFromX>(a, b);
-    default: return backward_dx_mode<kNoGate>(a, b);
+    case kGateFromY: return backward_dx_mode<E, kGateFromY>(a, b);
+    case kGateFromX: return backward_dx_mode<E, kGateFromX>(a, b);
+    default: return backward_dx_mode<E, kNoGate>(a, b);
   }
 }
 
 }  // namespace
 
-const KernelTable<float> kTableF32{kIsaName, &stats_simd, &normalize_simd, &backward_sums_simd, &backward_dx_simd};
+template <class E>
+constexpr KernelTable<E> make_table() {
+  return {kIsaName, &stats_simd<E>, &normalize_simd<E>, &backward_sums_simd<E>, &backward_dx_simd<E>};
+}
+
+const KernelTable<float> kTableF32 = make_table<float>();
+const KernelTable<bf16> kTableBF16 = make_table<bf16>();
+const KernelTable<f16> kTableF16 = make_table<f16>();

@@ -85,9 +85,24 @@ std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype, const 
   return "";
 }
 
+// Calls fn with a value of the kernels' element type E for `dtype`: double for f64, the
+// 16-bit tags for bf16 and f16, float for f32. Parameters, statistics and the per-feature
+// kernel constants are double for f64 and float otherwise (kernels::Compute<E>).
+template <class Fn>
+void with_element(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::f64: return fn(double{});
+    case DType::bf16: return fn(kernels::bf16{});
+    case DType::f16: return fn(kernels::f16{});
+    case DType::f32: break;
+  }
+  fn(float{});
+}
+
 // The normalization y = (x - mean)*k + t, folded for kernels computing
-// fma(x - center, k1, k2) in T: center = T(mean) makes x - center exact near the mean
-// (Sterbenz), and the shift absorbs the rounding of the mean.
+// fma(x - center, k1, k2) in T (the compute type): center = T(mean) makes x - center exact
+// near the mean (Sterbenz), and the shift absorbs the rounding of the mean. 16-bit elements
+// are exact in float, so this holds for them too.
 template <class T>
 void fold_normalize(PerFeature<T>& out, size_t f, double mean, double k, double t) {
   const T center = static_cast<T>(mean);
@@ -150,9 +165,9 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
   if (!std::isfinite(config.epsilon) || config.epsilon < 0) {
     fail(Status::invalid_argument, "epsilon=" + std::to_string(config.epsilon) + " but it must be finite and >= 0");
   }
-  if (config.dtype != DType::f32 && config.dtype != DType::f64) {
-    fail(Status::unsupported, "dtype " + std::to_string(static_cast<int>(config.dtype)) +
-                                  " (16-bit floats) is not supported by this version; use BN_F32 or BN_F64");
+  if (config.dtype != DType::f32 && config.dtype != DType::f64 && config.dtype != DType::bf16 &&
+      config.dtype != DType::f16) {
+    fail(Status::invalid_argument, "dtype " + std::to_string(static_cast<int>(config.dtype)) + " is not a known dtype");
   }
   axes_ = resolve_axes(config.axes, input_shape, ndim);
   check_renorm(config.renorm);
@@ -374,16 +389,14 @@ const ShapePlan& Layer::plan_for(const int64_t* shape, int32_t ndim) {
 
 // ---------------------------------------------------------------------------
 // Forward
+// 16-bit layers (SEMANTICS A.7, B.9) compute in float from the widened inputs, with the
+// statistics accumulated in double and float parameters, and round y once to the 16-bit type.
 void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
   {
     Access shared(users_, false);
     if (!computes_batch_statistics()) {
       const ShapePlan plan = plan_shape(axes_, shape, ndim);
-      if (config_.dtype == DType::f64) {
-        forward_inference<double>(plan, io);
-      } else {
-        forward_inference<float>(plan, io);
-      }
+      with_element(config_.dtype, [&](auto e) { forward_inference<decltype(e)>(plan, io); });
       std::lock_guard<std::mutex> lock(saved_mutex_);
       saved_.valid = true;
       saved_.batch_statistics = false;
@@ -409,17 +422,13 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
     return;
   }
   const ShapePlan& plan = plan_for(shape, ndim);
-  if (config_.dtype == DType::f64) {
-    forward_training<double>(plan, io);
-  } else {
-    forward_training<float>(plan, io);
-  }
+  with_element(config_.dtype, [&](auto e) { forward_training<decltype(e)>(plan, io); });
 }
 
 template <class T>
 void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const {
   const auto& k = kernels::selected<T>();
-  const PerFeature<T>& pf = inference_constants<T>();
+  const PerFeature<kernels::Compute<T>>& pf = inference_constants<kernels::Compute<T>>();
   const kernels::NormalizeArgs<T> args{plan.geometry,
                                        static_cast<const T*>(io.x),
                                        static_cast<T*>(io.y),
@@ -461,7 +470,8 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   const kernels::Geometry& g = plan.geometry;
   const BlockGrid& grid = plan.grid;
   const auto& k = kernels::selected<T>();
-  PerFeature<T>& pf = call_constants<T>();
+  using C = kernels::Compute<T>;
+  PerFeature<C>& pf = call_constants<C>();
   // Per feature: keep mean, biased variance and 1/sqrt(var + eps); with the batch statistics,
   // fold y = g*(a_s*(r*xhat + d) + a_b) + b (SEMANTICS B.2, B.4): r, d the renorm correction
   // from the pre-update renorm statistics (constants for the gradient), a_s, a_b the
@@ -481,7 +491,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   };
   // Without the batch statistics (mode flags), normalize with the moving ones as they were.
   if (!batch) refresh_inference_transform();
-  const PerFeature<T>& used = batch ? pf : inference_constants<T>();
+  const PerFeature<C>& used = batch ? pf : inference_constants<C>();
   const kernels::NormalizeArgs<T> norm{g,
                                        x,
                                        static_cast<T*>(io.y),
@@ -541,7 +551,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
         std::fill(saved_adj_bias_.begin(), saved_adj_bias_.end(), 0.0);
       }
     }
-    if (config_.relu) relu_constants<T>() = used;  // sizes match: copies, no allocation
+    if (config_.relu) relu_constants<C>() = used;  // sizes match: copies, no allocation
   }
   // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
   // zero-size inputs); it still has a (zero) gradient.
@@ -603,7 +613,10 @@ void Layer::update_moving_statistics(int64_t m) {
 //      = (g*s)*dy  +  (-g*s^3 * Sxc / m)*(x - mean)  +  (-g*s * Sdy / m)
 //   with Sdy = sum dy and Sxc = sum dy*(x - mean);  dgamma = s*Sxc;  dbeta = Sdy.
 // Inference (moving statistics are constants): dx = (g*s_mv)*dy, dgamma = s_mv * sum dy*(x - mm).
-// The kernels take the sums around c = T(mean) and compute x - c in T; with delta = mean - c:
+// Mixed precision (bf16/f16 x, dy): everything above is computed in float from the widened
+// 16-bit values, and dx is rounded once to the 16-bit type; dgamma and dbeta are float.
+// The kernels take the sums around c = C(mean) (C = Compute<T>: double for f64, float
+// otherwise) and compute x - c in C; with delta = mean - c:
 //   Sxc = sum dy*(x - c) - delta*Sdy,   k_x*(x - mean) + k_c = k_x*(x - c) + (k_c - k_x*delta).
 void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
   Access exclusive(users_, true);
@@ -622,18 +635,10 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
   }
   const bool param_grads = (io.dgamma || io.dbeta) && (mode_ & kParamGradients) && (config_.scale || config_.center);
   if (saved_.ghost) {
-    if (config_.dtype == DType::f64) {
-      backward_ghost<double>(ghost_, io, param_grads);
-    } else {
-      backward_ghost<float>(ghost_, io, param_grads);
-    }
+    with_element(config_.dtype, [&](auto e) { backward_ghost<decltype(e)>(ghost_, io, param_grads); });
   } else {
     const ShapePlan& plan = plan_for(shape, ndim);
-    if (config_.dtype == DType::f64) {
-      backward_impl<double>(plan, io, param_grads);
-    } else {
-      backward_impl<float>(plan, io, param_grads);
-    }
+    with_element(config_.dtype, [&](auto e) { backward_impl<decltype(e)>(plan, io, param_grads); });
   }
   // work_c_ holds dgamma, work_d_ dbeta (zero where the parameter is absent or frozen).
   std::vector<double>& dg = work_c_;
@@ -660,7 +665,8 @@ kernels::Gate<T> Layer::relu_gate(const BackwardIo& io) {
     gate.y = static_cast<const T*>(io.y);
     return gate;
   }
-  const PerFeature<T>& pf = saved_.batch_statistics ? relu_constants<T>() : inference_constants<T>();
+  using C = kernels::Compute<T>;
+  const PerFeature<C>& pf = saved_.batch_statistics ? relu_constants<C>() : inference_constants<C>();
   gate.z_center = pf.center.data();
   gate.z_scale = pf.k1.data();
   gate.z_shift = pf.k2.data();
@@ -683,10 +689,11 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   std::vector<double>& inv = work_b_;
   std::vector<double>& dgamma = work_c_;
   std::vector<double>& dbeta = work_d_;
-  PerFeature<T>& pf = call_constants<T>();
+  using C = kernels::Compute<T>;
+  PerFeature<C>& pf = call_constants<C>();
   for (int64_t f = 0; f < c; ++f) {
     inv[f] = batch ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
-    pf.center[f] = static_cast<T>(center[f]);
+    pf.center[f] = static_cast<C>(center[f]);
     dgamma[f] = 0.0;
     dbeta[f] = 0.0;
   }
@@ -705,9 +712,9 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     const double k_dy = gamma_[f] * as * r * inv[f];
     const double k_x = batch ? -(k_dy * inv[f] * inv[f] * sxc) / m : 0.0;
     const double k_c = batch ? -(k_dy * sdy) / m : 0.0;
-    pf.k1[f] = static_cast<T>(k_dy);
-    pf.k2[f] = static_cast<T>(k_x);
-    pf.k3[f] = static_cast<T>(k_c - k_x * delta);
+    pf.k1[f] = static_cast<C>(k_dy);
+    pf.k2[f] = static_cast<C>(k_x);
+    pf.k3[f] = static_cast<C>(k_c - k_x * delta);
   };
   const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
   const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
@@ -816,7 +823,8 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
   const int64_t fv = g.features, c = axes_.features, ghosts = fv / c;
   const auto& k = kernels::selected<T>();
   const T* x = static_cast<const T*>(io.x);
-  PerFeature<T>& pf = of_type<T>(gh.fwd_f32, gh.fwd_f64);
+  using C = kernels::Compute<T>;
+  PerFeature<C>& pf = of_type<C>(gh.fwd_f32, gh.fwd_f64);
   // Per-ghost moments, merged over blocks in block order.
   executor_.for_blocks(grid.count(), [&](int64_t b) {
     const int64_t bo = b / grid.s_blocks;
@@ -883,8 +891,9 @@ void Layer::backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads) {
   const auto& k = kernels::selected<T>();
   const T* x = static_cast<const T*>(io.x);
   const T* dy = static_cast<const T*>(io.dy);
-  PerFeature<T>& fwd = of_type<T>(gh.fwd_f32, gh.fwd_f64);
-  PerFeature<T>& pf = of_type<T>(gh.call_f32, gh.call_f64);
+  using C = kernels::Compute<T>;
+  PerFeature<C>& fwd = of_type<C>(gh.fwd_f32, gh.fwd_f64);
+  PerFeature<C>& pf = of_type<C>(gh.call_f32, gh.call_f64);
   kernels::Gate<T> gate;
   if (config_.relu) {
     if (io.y) {
@@ -895,7 +904,7 @@ void Layer::backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads) {
       gate.z_shift = fwd.k2.data();
     }
   }
-  for (int64_t v = 0; v < fv; ++v) pf.center[v] = static_cast<T>(gh.mean[v]);
+  for (int64_t v = 0; v < fv; ++v) pf.center[v] = static_cast<C>(gh.mean[v]);
   executor_.for_blocks(grid.count(), [&](int64_t b) {
     const int64_t bo = b / grid.s_blocks;
     kernels::BackwardSumsArgs<T> args{g, x, dy, pf.center.data(), gh.partial_a.data() + bo * fv,
@@ -923,9 +932,9 @@ void Layer::backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads) {
       const double k_dy = gamma_[f] * r * inv;
       const double k_x = -(k_dy * inv * inv * sxc) / m;
       const double k_c = -(k_dy * sdy) / m;
-      pf.k1[v] = static_cast<T>(k_dy);
-      pf.k2[v] = static_cast<T>(k_x);
-      pf.k3[v] = static_cast<T>(k_c - k_x * delta);
+      pf.k1[v] = static_cast<C>(k_dy);
+      pf.k2[v] = static_cast<C>(k_x);
+      pf.k3[v] = static_cast<C>(k_c - k_x * delta);
     }
   }
   T* dx = static_cast<T*>(io.dx);

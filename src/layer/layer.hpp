@@ -26,7 +26,8 @@ enum class Param : int32_t {
   moving_stddev = 8,
 };
 
-// Per-feature constants handed to the kernels, in the kernels' element type.
+// Per-feature constants handed to the kernels, in the kernels' compute type
+// (kernels::Compute<E>: double for f64 layers, float for f32, bf16 and f16 layers).
 template <class T>
 struct PerFeature {
   std::vector<T> center, k1, k2, k3;
@@ -66,8 +67,8 @@ class Layer {
   int32_t mode() const;
   void set_num_threads(int32_t max_threads);
 
-  // The caller's buffers of one call. Tensors are of the layer's dtype; parameter buffers
-  // are double for f64 layers and float otherwise. Optional ones may be null; the C
+  // The caller's buffers of one call. Tensors are of the layer's dtype (16-bit ones as raw
+  // IEEE half / bfloat16 bits); parameter buffers are double for f64 layers and float otherwise. Optional ones may be null; the C
   // boundary has checked the required ones.
   struct ForwardIo {
     const void* x;
@@ -139,7 +140,7 @@ class Layer {
 
   // The folded inference transform (center, scale, shift), kept current so that concurrent
   // inference forwards only read; and the per-call constants of training calls. Only the
-  // layer's element type is sized.
+  // layer's compute type is sized (the f32 ones serve bf16 and f16 layers too).
   PerFeature<float> infer_f32_, call_f32_, relu_f32_;
   PerFeature<double> infer_f64_, call_f64_, relu_f64_;  // relu_: the training forward's transform
   bool inference_stale_ = true;  // fresh whenever uses_batch_statistics() is false

@@ -1,5 +1,5 @@
 // Helpers for the C API tier: RAII owners for the opaque handles, byte tensors of
-// either dtype, a bitwise snapshot of everything a layer lets a caller observe, and
+// any dtype, a bitwise snapshot of everything a layer lets a caller observe, and
 // the checks every failing call must pass (status, message, nothing changed).
 // Only the public header is used.
 #pragma once
@@ -14,6 +14,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "half_ref.hpp"  // test-side 16-bit encoding (no library code)
 
 namespace capi_test {
 
@@ -43,18 +45,30 @@ inline int64_t element_count(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// A dense buffer of f32 or f64 elements, filled deterministically from a seed.
+// The element type of a layer's parameters, statistics and their gradients: double for
+// BN_F64 layers, float for every other dtype (16-bit ones included).
+inline bn_dtype param_dtype(bn_dtype dtype) { return dtype == BN_F64 ? BN_F64 : BN_F32; }
+
+// A dense buffer of f32, f64, bf16 or f16 elements, filled deterministically from a seed.
 struct Tensor {
-  size_t esize = 4;  // 4 (float) or 8 (double)
+  size_t esize = 4;  // 2 (bf16/f16 bits), 4 (float) or 8 (double)
+  bn_dtype dtype = BN_F32;
   Bytes bytes;
 
-  Tensor(bn_dtype dtype, int64_t count) : esize(dtype == BN_F64 ? 8 : 4), bytes(static_cast<size_t>(count) * esize) {}
+  Tensor(bn_dtype dt, int64_t count)
+      : esize(dt == BN_F64 ? 8 : (dt == BN_BF16 || dt == BN_F16) ? 2 : 4),
+        dtype(dt),
+        bytes(static_cast<size_t>(count) * esize) {}
+  const bn_test::HalfFormat& format() const { return dtype == BN_BF16 ? bn_test::kBfloat16 : bn_test::kBinary16; }
   size_t count() const { return bytes.size() / esize; }
   void* data() { return bytes.data(); }
   const void* data() const { return bytes.data(); }
   void set(size_t i, double v) {
     if (esize == 8) {
       std::memcpy(&bytes[i * 8], &v, 8);
+    } else if (esize == 2) {
+      const uint16_t h = bn_test::half_encode(format(), static_cast<float>(v));
+      std::memcpy(&bytes[i * 2], &h, 2);
     } else {
       const float f = static_cast<float>(v);
       std::memcpy(&bytes[i * 4], &f, 4);
@@ -65,6 +79,11 @@ struct Tensor {
       double v;
       std::memcpy(&v, &bytes[i * 8], 8);
       return v;
+    }
+    if (esize == 2) {
+      uint16_t h;
+      std::memcpy(&h, &bytes[i * 2], 2);
+      return bn_test::half_decode(format(), h);
     }
     float f;
     std::memcpy(&f, &bytes[i * 4], 4);
@@ -136,7 +155,8 @@ struct Probe {
     }
     layer = make_layer(cfg, shape);
     const int64_t c = bn_num_features(layer.get());
-    Tensor gamma(dt, c), beta(dt, c), mean(dt, c), var(dt, c);
+    const bn_dtype pd = param_dtype(dt);
+    Tensor gamma(pd, c), beta(pd, c), mean(pd, c), var(pd, c);
     for (int64_t f = 0; f < c; ++f) {
       const auto i = static_cast<size_t>(f);
       gamma.set(i, 0.5 + 0.25 * static_cast<double>(f));
@@ -184,7 +204,7 @@ inline Snapshot snapshot(const Probe& p) {
   const bn_param params[] = {BN_PARAM_GAMMA, BN_PARAM_BETA, BN_PARAM_MOVING_MEAN, BN_PARAM_MOVING_VARIANCE,
                              BN_PARAM_BATCH_MEAN, BN_PARAM_BATCH_VARIANCE};
   for (bn_param which : params) {
-    Tensor t(p.dtype, s.features);
+    Tensor t(param_dtype(p.dtype), s.features);
     t.poison();
     s.status.push_back(bn_get_param(p.get(), which, t.data(), s.features));
     s.bytes.push_back(t.bytes);
@@ -194,7 +214,8 @@ inline Snapshot snapshot(const Probe& p) {
     REQUIRE(s.status[4] == BN_OK);
     REQUIRE(s.status[5] == BN_OK);
   }
-  Tensor dx(p.dtype, element_count(p.shape)), dgamma(p.dtype, s.features), dbeta(p.dtype, s.features);
+  Tensor dx(p.dtype, element_count(p.shape)), dgamma(param_dtype(p.dtype), s.features),
+      dbeta(param_dtype(p.dtype), s.features);
   dx.poison();
   dgamma.poison();
   dbeta.poison();

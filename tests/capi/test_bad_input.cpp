@@ -19,7 +19,8 @@ constexpr int64_t kBig = int64_t{1} << 62;
 
 // The probes every case below runs on: each dtype, after a training or an inference forward.
 std::vector<std::pair<bn_dtype, bool>> probe_kinds() {
-  return {{BN_F32, true}, {BN_F32, false}, {BN_F64, true}, {BN_F64, false}};
+  return {{BN_F32, true},  {BN_F32, false},  {BN_F64, true}, {BN_F64, false},
+          {BN_BF16, true}, {BN_BF16, false}, {BN_F16, true}, {BN_F16, false}};
 }
 
 // Elements of `shape` if it is a small valid shape, else `floor`: failing calls get
@@ -59,7 +60,8 @@ void expect_backward_failure(const Probe& p, const std::vector<int64_t>& shape, 
                              std::initializer_list<const char*> needles) {
   const size_t n = buffer_count(shape, ndim, p.x.count());
   const Tensor x = grown(p.x, n), dy = grown(p.dy, n);
-  Tensor dx(p.dtype, static_cast<int64_t>(n)), dgamma(p.dtype, p.features()), dbeta(p.dtype, p.features());
+  Tensor dx(p.dtype, static_cast<int64_t>(n)), dgamma(param_dtype(p.dtype), p.features()),
+      dbeta(param_dtype(p.dtype), p.features());
   dx.poison();
   dgamma.poison();
   dbeta.poison();
@@ -104,7 +106,7 @@ TEST_CASE("NULL buffers are refused and change nothing", "[capi][bad_input]") {
     CAPTURE(dtype, training);
     const Probe p(dtype, {6, 4}, training);
     const int64_t* s = p.shape.data();
-    Tensor y(dtype, p.x.count()), params(dtype, 4);
+    Tensor y(dtype, p.x.count()), params(param_dtype(dtype), 4);
     y.poison();
     params.poison();
     const Bytes pristine_y = y.bytes;
@@ -178,7 +180,7 @@ TEST_CASE("bn_backward refuses bad shapes and a missing or different forward", "
 
     // A parameter set since the forward invalidates it.
     Probe p(dtype, {6, 4}, training);
-    Tensor gamma(dtype, 4);
+    Tensor gamma(param_dtype(dtype), 4);
     REQUIRE(bn_get_param(p.get(), BN_PARAM_GAMMA, gamma.data(), 4) == BN_OK);
     REQUIRE(bn_set_param(p.get(), BN_PARAM_GAMMA, gamma.data(), 4) == BN_OK);  // same values: still invalidates
     p.forwarded = false;
@@ -267,7 +269,7 @@ TEST_CASE("bn_get_param refuses unknown, absent and not-yet-computed parameters"
   for (auto [dtype, training] : probe_kinds()) {
     CAPTURE(dtype, training);
     const Probe p(dtype, {6, 4}, training);
-    Tensor out(dtype, 8);
+    Tensor out(param_dtype(dtype), 8);
     out.poison();
     const Bytes pristine = out.bytes;
     for (bn_param which : {9, -1, 100}) {
@@ -302,7 +304,7 @@ TEST_CASE("bn_set_param refuses unknown, read-only and absent parameters, bad co
   for (auto [dtype, training] : probe_kinds()) {
     CAPTURE(dtype, training);
     const Probe p(dtype, {6, 4}, training);
-    Tensor v(dtype, 8);
+    Tensor v(param_dtype(dtype), 8);
     for (size_t i = 0; i < 8; ++i) v.set(i, 0.75);
     for (bn_param which : {9, -1, 100}) {
       CAPTURE(which);

@@ -229,7 +229,7 @@ TEST_CASE("with several axes, parameters are row-major over the kept axes in inp
 TEST_CASE("in-place forward and backward equal out-of-place bitwise", "[capi][contract]") {
   const std::vector<int64_t> shape = {8, 3, 37};  // axis 1 with an inner extent
   const int32_t axes[] = {1};
-  for (bn_dtype dtype : {BN_F32, BN_F64}) {
+  for (bn_dtype dtype : {BN_F32, BN_F64, BN_BF16, BN_F16}) {
     for (int training : {1, 0}) {
       CAPTURE(dtype, training);
       Config cfg = make_config();
@@ -245,7 +245,8 @@ TEST_CASE("in-place forward and backward equal out-of-place bitwise", "[capi][co
       REQUIRE(bn_forward(b.get(), shape.data(), 3, inplace.data(), inplace.data()) == BN_OK);
       CHECK(inplace.bytes == y.bytes);
 
-      Tensor dx(dtype, n), dga(dtype, 3), dba(dtype, 3), dgb(dtype, 3), dbb(dtype, 3);
+      const bn_dtype pd = param_dtype(dtype);
+      Tensor dx(dtype, n), dga(pd, 3), dba(pd, 3), dgb(pd, 3), dbb(pd, 3);
       REQUIRE(bn_backward(a.get(), shape.data(), 3, a.x.data(), a.dy.data(), dx.data(), dga.data(), dba.data()) ==
               BN_OK);
       Tensor grad = b.dy;  // dx written over dy; x is the original input (borrowed again)
@@ -260,17 +261,18 @@ TEST_CASE("in-place forward and backward equal out-of-place bitwise", "[capi][co
 }
 
 TEST_CASE("NULL dx, dgamma or dbeta skips that output only", "[capi][contract]") {
-  for (bn_dtype dtype : {BN_F32, BN_F64}) {
+  for (bn_dtype dtype : {BN_F32, BN_F64, BN_BF16, BN_F16}) {
     for (bool training : {true, false}) {
       CAPTURE(dtype, training);
       const Probe p(dtype, {6, 4}, training);
       const int64_t n = 24;
-      Tensor dx(dtype, n), dg(dtype, 4), db(dtype, 4);
+      const bn_dtype pd = param_dtype(dtype);
+      Tensor dx(dtype, n), dg(pd, 4), db(pd, 4);
       REQUIRE(bn_backward(p.get(), p.shape.data(), 2, p.x.data(), p.dy.data(), dx.data(), dg.data(), db.data()) ==
               BN_OK);
       for (int mask = 0; mask < 8; ++mask) {
         CAPTURE(mask);
-        Tensor dx2(dtype, n), dg2(dtype, 4), db2(dtype, 4);
+        Tensor dx2(dtype, n), dg2(pd, 4), db2(pd, 4);
         dx2.poison();
         dg2.poison();
         db2.poison();

@@ -9,6 +9,12 @@
 // It also checks the block grid: every element in exactly one block, every block writing
 // only its own partial row and only the features it holds, so that o_blocks x features
 // partial entries suffice.
+//
+// Element types: f32, f64 and the 16-bit bf16 and f16 (their tables at every tail size). The
+// 16-bit kernels are checked against the naive loops with one 16-bit rounding of the output
+// allowed, and against the float table of the same ISA bit for bit (a 16-bit kernel computes
+// what the float one does on the widened values, then rounds once), with 16-bit values
+// encoded and decoded by tests/support/half_ref.hpp, which shares no code with the library.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -17,15 +23,57 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "data_gen.hpp"
+#include "half_ref.hpp"
 #include "kernels/kernels.hpp"
 #include "layer/shape_plan.hpp"
 #include "reference.hpp"
 
 namespace bn_test {
 namespace {
+
+using bn::kernels::bf16;
+using bn::kernels::f16;
+
+// Test-side view of an element type: conversions through the independent 16-bit model.
+template <class T>
+struct Elem {
+  static constexpr const char* name = sizeof(T) == 4 ? "f32" : "f64";
+  static T from(double v) { return static_cast<T>(v); }
+  static double value(T v) { return static_cast<double>(v); }
+  static double round(double v) { return v; }  // callers pass values of T already
+  static double half_ulp(double) { return 0.0; }
+};
+template <class H, const HalfFormat& F>
+struct HalfElem {
+  static H from(double v) { return H{half_encode(F, v)}; }
+  static double value(H v) { return half_decode(F, v.bits); }
+  static double round(double v) { return half_round(F, v); }
+  static double half_ulp(double v) { return F.ulp(v) / 2; }
+};
+template <>
+struct Elem<bf16> : HalfElem<bf16, kBfloat16> {
+  static constexpr const char* name = "bf16";
+};
+template <>
+struct Elem<f16> : HalfElem<f16, kBinary16> {
+  static constexpr const char* name = "f16";
+};
+
+template <class T>
+std::vector<T> encode_all(const std::vector<double>& v) {
+  std::vector<T> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = Elem<T>::from(v[i]);
+  return out;
+}
+template <class T>
+std::vector<double> round_all(std::vector<double> v) {
+  for (double& e : v) e = Elem<T>::round(e);
+  return v;
+}
 
 struct KernelCase {
   std::vector<int64_t> shape;
@@ -131,35 +179,39 @@ template <class T>
 void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
                    const std::vector<int64_t>& fmap) {
   using bn::kernels::Block;
+  using C = bn::kernels::Compute<T>;  // the kernels' arithmetic and constants
   const bn::kernels::Geometry& g = p.geometry;
   const bn::BlockGrid& grid = p.grid;
   const int64_t c = g.features;
   const auto n = static_cast<size_t>(p.elements);
-  const RefDtype dt = sizeof(T) == 4 ? RefDtype::f32 : RefDtype::f64;
-  INFO("kernels " << k.isa << (sizeof(T) == 4 ? " f32" : " f64"));
+  const RefDtype dt = std::is_same_v<C, float> ? RefDtype::f32 : RefDtype::f64;
+  INFO("kernels " << k.isa << " " << Elem<T>::name);
   DataGen gen(99 + n);
-  const std::vector<double> xd = gen.normal(n, 1.0, 2.0, dt), dyd = gen.normal(n, 0.0, 1.0, dt);
-  const std::vector<T> x(xd.begin(), xd.end()), dy(dyd.begin(), dyd.end());
+  // Values of T (16-bit ones: floats rounded once more).
+  const std::vector<double> xd = round_all<T>(gen.normal(n, 1.0, 2.0, dt)),
+                            dyd = round_all<T>(gen.normal(n, 0.0, 1.0, dt));
+  const std::vector<T> x = encode_all<T>(xd), dy = encode_all<T>(dyd);
   const auto cz = static_cast<size_t>(c);
-  // Per-feature constants are of the kernels' element type T (the layer folds them so).
+  // Per-feature constants are of the kernels' compute type C (the layer folds them so).
   const std::vector<double> center = gen.uniform_vector(cz, -1, 1, dt), scale = gen.uniform_vector(cz, -2, 2, dt),
                             shift = gen.uniform_vector(cz, -1, 1, dt), k_x = gen.uniform_vector(cz, -1, 1, dt),
                             k_c = gen.uniform_vector(cz, -1, 1, dt);
-  const std::vector<T> center_t(center.begin(), center.end()), scale_t(scale.begin(), scale.end()),
+  const std::vector<C> center_t(center.begin(), center.end()), scale_t(scale.begin(), scale.end()),
       shift_t(shift.begin(), shift.end()), k_x_t(k_x.begin(), k_x.end()), k_c_t(k_c.begin(), k_c.end());
   // Reductions: the reference and every f64 table accumulate each term in double (error far
-  // below 1e-11 of the summed magnitudes). The f32 SIMD tables add runs of up to 8 values per
-  // lane in float before widening to double (~8 ulps of float of the run's magnitude) and
-  // form x - c in float: 2e-6 of the summed magnitudes.
-  const bool float_runs = sizeof(T) == 4 && std::string(k.isa) != "ref";
+  // below 1e-11 of the summed magnitudes). The float SIMD tables (f32, bf16, f16) add runs of
+  // up to 8 values per lane in float before widening to double (~8 ulps of float of the run's
+  // magnitude) and form x - c in float: 2e-6 of the summed magnitudes.
+  const bool float_runs = std::is_same_v<C, float> && std::string(k.isa) != "ref";
   const double rel = float_runs ? 2e-6 : 1e-11;
-  // Elementwise: x - c is formed in T (exact or one rounding), then one or two roundings to T.
-  const double out_rel = sizeof(T) == 4 ? 0x1p-21 : 1e-14;
+  // Elementwise: x - c is formed in C (exact or one rounding), then one or two roundings to C;
+  // a 16-bit output is then rounded once more (half an ulp of the 16-bit type).
+  const double out_rel = std::is_same_v<C, float> ? 0x1p-21 : 1e-14;
 
   const size_t rows = static_cast<size_t>(grid.o_blocks) * cz;
   std::vector<double> pa(rows, kNaN), pb(rows, kNaN);      // stats partials
   std::vector<double> qa(rows, kNaN), qb(rows, kNaN);      // backward-sum partials
-  std::vector<T> y(n, T(kNaN)), dx(n, T(kNaN));
+  std::vector<T> y(n, Elem<T>::from(kNaN)), dx(n, Elem<T>::from(kNaN));
   std::vector<std::set<int64_t>> row_features(static_cast<size_t>(grid.o_blocks));
   int failures = 0;
   auto fail = [&](const std::string& what) {
@@ -199,9 +251,9 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
     const auto abs_x = block_sum(info, fmap, c, [&](int64_t e) { return std::fabs(static_cast<long double>(xd[e])); });
     const auto sdy = block_sum(info, fmap, c, [&](int64_t e) { return static_cast<long double>(dyd[e]); });
     const auto abs_dy = block_sum(info, fmap, c, [&](int64_t e) { return std::fabs(static_cast<long double>(dyd[e])); });
-    // The contract forms x - c in T (one rounding, or exact near c).
+    // The contract forms x - c in C (one rounding, or exact near c).
     const auto sdyxc = block_sum(info, fmap, c, [&](int64_t e) {
-      const T xc = x[static_cast<size_t>(e)] - center_t[static_cast<size_t>(fmap[e])];
+      const C xc = static_cast<C>(xd[static_cast<size_t>(e)]) - center_t[static_cast<size_t>(fmap[e])];
       return static_cast<long double>(dyd[e]) * static_cast<long double>(xc);
     });
     const auto abs_dyxc = block_sum(info, fmap, c, [&](int64_t e) {
@@ -237,12 +289,123 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
     const double xc = xd[e] - center[f];
     const double want_y = xc * scale[f] + shift[f];
     const double mag_y = std::fabs(xd[e]) * std::fabs(scale[f]) + std::fabs(center[f] * scale[f]) + std::fabs(shift[f]);
-    if (!(std::fabs(static_cast<double>(y[e]) - want_y) <= out_rel * mag_y)) fail("normalize, element " + std::to_string(e));
+    // A 16-bit output is the C result (within out_rel*mag of want) rounded to nearest.
+    const double tol_y = out_rel * mag_y + Elem<T>::half_ulp(std::fabs(want_y) + out_rel * mag_y);
+    if (!(std::fabs(Elem<T>::value(y[e]) - want_y) <= tol_y)) fail("normalize, element " + std::to_string(e));
     const double want_dx = scale[f] * dyd[e] + k_x[f] * xc + k_c[f];
     const double mag_dx = std::fabs(scale[f] * dyd[e]) + std::fabs(k_x[f]) * (std::fabs(xd[e]) + std::fabs(center[f])) +
                           std::fabs(k_c[f]);
-    if (!(std::fabs(static_cast<double>(dx[e]) - want_dx) <= out_rel * mag_dx)) fail("backward_dx, element " + std::to_string(e));
+    const double tol_dx = out_rel * mag_dx + Elem<T>::half_ulp(std::fabs(want_dx) + out_rel * mag_dx);
+    if (!(std::fabs(Elem<T>::value(dx[e]) - want_dx) <= tol_dx)) fail("backward_dx, element " + std::to_string(e));
   }
+  CHECK(failures == 0);
+}
+
+// The format of a 16-bit element type, for the independent model.
+template <class H>
+const HalfFormat& format_of() {
+  return std::is_same_v<H, bf16> ? kBfloat16 : kBinary16;
+}
+
+// A 16-bit table against the float table of the same ISA, on the same (widened) values: every
+// partial sum bit for bit, every output the float output rounded once to nearest even
+// (half_encode). Runs the epilogue (residual + ReLU) and both ReLU gates too, so that every
+// load and store of the 16-bit paths, whole vectors and masked tails, is exercised.
+template <class H>
+void check_half_matches_float(const bn::kernels::KernelTable<H>& kh, const bn::kernels::KernelTable<float>& kf,
+                              const bn::ShapePlan& p) {
+  using bn::kernels::Block;
+  const HalfFormat& fmt = format_of<H>();
+  INFO("16-bit table " << kh.isa << " " << Elem<H>::name << " against float table " << kf.isa);
+  const bn::kernels::Geometry& g = p.geometry;
+  const bn::BlockGrid& grid = p.grid;
+  const auto n = static_cast<size_t>(p.elements);
+  const auto cz = static_cast<size_t>(g.features);
+  DataGen gen(7 + n);
+  const std::vector<double> xd = round_all<H>(gen.normal(n, 0.5, 2.0, RefDtype::f32)),
+                            dyd = round_all<H>(gen.normal(n, 0.0, 1.0, RefDtype::f32)),
+                            rd = round_all<H>(gen.normal(n, 0.0, 1.0, RefDtype::f32));
+  const std::vector<H> x16 = encode_all<H>(xd), dy16 = encode_all<H>(dyd), r16 = encode_all<H>(rd);
+  const std::vector<float> x32(xd.begin(), xd.end()), dy32(dyd.begin(), dyd.end()), r32(rd.begin(), rd.end());
+  auto consts = [&](double lo, double hi) {
+    const std::vector<double> v = gen.uniform_vector(cz, lo, hi, RefDtype::f32);
+    return std::vector<float>(v.begin(), v.end());
+  };
+  const std::vector<float> center = consts(-1, 1), scale = consts(-2, 2), shift = consts(-1, 1), k_x = consts(-1, 1),
+                           k_c = consts(-1, 1);
+
+  const size_t rows = static_cast<size_t>(grid.o_blocks) * cz;
+  // Outputs: [0] plain, [1] with the epilogue / a gate, [2] the other gate.
+  std::vector<H> y16[2], dx16[3], dres16(n);
+  std::vector<float> y32[2], dx32[3], dres32(n);
+  for (auto& v : y16) v.assign(n, Elem<H>::from(kNaN));
+  for (auto& v : dx16) v.assign(n, Elem<H>::from(kNaN));
+  for (auto& v : y32) v.assign(n, static_cast<float>(kNaN));
+  for (auto& v : dx32) v.assign(n, static_cast<float>(kNaN));
+  // Partials: stats (mean, m2) and backward sums without a gate, gated from y, gated from x.
+  std::vector<double> part16[8], part32[8];
+  for (auto& v : part16) v.assign(rows, kNaN);
+  for (auto& v : part32) v.assign(rows, kNaN);
+
+  // Forwards first (the gate from y reads the epilogue's output).
+  for (int64_t b = 0; b < grid.count(); ++b) {
+    const Block blk = grid.block(g, b);
+    const size_t row = static_cast<size_t>(b / grid.s_blocks) * cz;
+    kh.stats({g, x16.data(), part16[0].data() + row, part16[1].data() + row}, blk);
+    kf.stats({g, x32.data(), part32[0].data() + row, part32[1].data() + row}, blk);
+    kh.normalize({g, x16.data(), y16[0].data(), center.data(), scale.data(), shift.data()}, blk);
+    kf.normalize({g, x32.data(), y32[0].data(), center.data(), scale.data(), shift.data()}, blk);
+    kh.normalize({g, x16.data(), y16[1].data(), center.data(), scale.data(), shift.data(), r16.data(), true}, blk);
+    kf.normalize({g, x32.data(), y32[1].data(), center.data(), scale.data(), shift.data(), r32.data(), true}, blk);
+  }
+  const bn::kernels::Gate<H> from_y16{y16[1].data()}, from_x16{nullptr, center.data(), scale.data(), shift.data()};
+  const bn::kernels::Gate<float> from_y32{y32[1].data()}, from_x32{nullptr, center.data(), scale.data(), shift.data()};
+  for (int64_t b = 0; b < grid.count(); ++b) {
+    const Block blk = grid.block(g, b);
+    const size_t row = static_cast<size_t>(b / grid.s_blocks) * cz;
+    const bn::kernels::Gate<H> gates16[3] = {{}, from_y16, from_x16};
+    const bn::kernels::Gate<float> gates32[3] = {{}, from_y32, from_x32};
+    for (int i = 0; i < 3; ++i) {
+      double* a16 = part16[2 + 2 * i].data() + row;
+      double* b16 = part16[3 + 2 * i].data() + row;
+      double* a32 = part32[2 + 2 * i].data() + row;
+      double* b32 = part32[3 + 2 * i].data() + row;
+      kh.backward_sums({g, x16.data(), dy16.data(), center.data(), a16, b16, gates16[i]}, blk);
+      kf.backward_sums({g, x32.data(), dy32.data(), center.data(), a32, b32, gates32[i]}, blk);
+      // dx with each gate; the gate from y also writes dresidual.
+      H* dres_h = i == 1 ? dres16.data() : nullptr;
+      float* dres_f = i == 1 ? dres32.data() : nullptr;
+      kh.backward_dx({g, x16.data(), dy16.data(), dx16[i].data(), center.data(), scale.data(), k_x.data(), k_c.data(),
+                      gates16[i], dres_h},
+                     blk);
+      kf.backward_dx({g, x32.data(), dy32.data(), dx32[i].data(), center.data(), scale.data(), k_x.data(), k_c.data(),
+                      gates32[i], dres_f},
+                     blk);
+    }
+  }
+  int failures = 0;
+  auto fail = [&](const std::string& what) {
+    if (failures++ < 5) FAIL_CHECK(what);
+  };
+  for (int i = 0; i < 8; ++i) {
+    if (std::memcmp(part16[i].data(), part32[i].data(), rows * sizeof(double)) != 0) {
+      fail("partial sums " + std::to_string(i) + " differ from the float table's");
+    }
+  }
+  auto same_rounded = [&](const std::vector<H>& got, const std::vector<float>& want, const char* what) {
+    for (size_t e = 0; e < n; ++e) {
+      if (got[e].bits != half_encode(fmt, want[e])) {
+        fail(std::string(what) + ", element " + std::to_string(e) + ": got 0x" + std::to_string(got[e].bits) +
+             " for the float result " + std::to_string(want[e]));
+      }
+    }
+  };
+  same_rounded(y16[0], y32[0], "normalize");
+  same_rounded(y16[1], y32[1], "normalize + residual + ReLU");
+  same_rounded(dx16[0], dx32[0], "backward_dx");
+  same_rounded(dx16[1], dx32[1], "backward_dx gated from y");
+  same_rounded(dx16[2], dx32[2], "backward_dx gated from x");
+  same_rounded(dres16, dres32, "dresidual");
   CHECK(failures == 0);
 }
 
@@ -286,15 +449,25 @@ TEST_CASE("block grid and every kernel table against naive loops", "[kernels]") 
     CHECK(grid.o_blocks <= std::max<int64_t>(1, (m + 63) / 64));
   }
 
-  check_kernels(bn::kernels::reference_f32(), p, fmap);
   check_kernels(bn::kernels::reference_f64(), p, fmap);
-  // Every SIMD table this CPU can run (each instantiated for every tail above).
-  for (const char* isa : {"avx2", "avx512"}) {
-    if (const auto* table = bn::kernels::kernels_for_isa_f32(isa)) {
-      check_kernels(*table, p, fmap);
-    } else {
+  // The reference and every SIMD table this CPU can run (each instantiated for every tail
+  // above), for f32, bf16 and f16.
+  for (const char* isa : {"ref", "avx2", "avx512"}) {
+    const auto* f32 = bn::kernels::kernels_for_isa<float>(isa);
+    const auto* b16 = bn::kernels::kernels_for_isa<bf16>(isa);
+    const auto* h16 = bn::kernels::kernels_for_isa<f16>(isa);
+    if (!f32 || !b16 || !h16) {
       WARN("this CPU cannot run the " << isa << " kernels: not tested here");
+      continue;
     }
+    CHECK(std::string(f32->isa) == isa);
+    CHECK(std::string(b16->isa) == isa);
+    CHECK(std::string(h16->isa) == isa);
+    check_kernels(*f32, p, fmap);
+    check_kernels(*b16, p, fmap);
+    check_kernels(*h16, p, fmap);
+    check_half_matches_float(*b16, *f32, p);
+    check_half_matches_float(*h16, *f32, p);
   }
 }
 
