@@ -414,11 +414,7 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
   check_shape(axes_, shape, ndim);
   if (config_.virtual_batch_size > 0 && uses_batch_statistics() && element_count(shape, ndim) > 0) {
     Ghost& gh = ghost_for(shape, ndim);
-    if (config_.dtype == DType::f64) {
-      forward_ghost<double>(gh, io);
-    } else {
-      forward_ghost<float>(gh, io);
-    }
+    with_element(config_.dtype, [&](auto e) { forward_ghost<decltype(e)>(gh, io); });
     return;
   }
   const ShapePlan& plan = plan_for(shape, ndim);
