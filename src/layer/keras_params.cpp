@@ -139,10 +139,11 @@ void check_constraint(const Constraint& c) {
 
 // ---------------------------------------------------------------------------
 // Shapes
-std::vector<int64_t> storage_shape(size_t axis_count, const AxisPlan& axes) {
-  if (axis_count == 1) return {axes.features};
+std::vector<int64_t> storage_shape(size_t axis_count, const AxisPlan& axes, bool ghost) {
+  if (axis_count == 1 && !ghost) return {axes.features};
   std::vector<int64_t> shape(static_cast<size_t>(axes.rank));
   for (int32_t d = 0; d < axes.rank; ++d) shape[d] = axes.kept[d] ? axes.kept_sizes[d] : 1;
+  if (ghost) shape.insert(shape.begin() + 1, 1);  // Keras' param_shape.insert(1, 1) for virtual batches
   return shape;
 }
 

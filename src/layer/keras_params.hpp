@@ -24,8 +24,9 @@ void check_regularizer(const Regularizer& reg);
 void check_constraint(const Constraint& constraint);
 
 // The shape Keras gives gamma and beta (B.6): (C,) for a single axis, otherwise the input's
-// rank with the kept sizes and 1 on every reduced dim. Its row-major order is the layer's.
-std::vector<int64_t> storage_shape(size_t axis_count, const AxisPlan& axes);
+// rank with the kept sizes and 1 on every reduced dim, and with ghost batches (B.3) the full
+// rank with one more 1 inserted at index 1. Its row-major order is the layer's.
+std::vector<int64_t> storage_shape(size_t axis_count, const AxisPlan& axes, bool ghost);
 
 // Checks at bn_create: the constraint's axes against the storage rank (out of range or
 // repeated after resolving negatives: Error(invalid_argument)). `param` names it in messages.

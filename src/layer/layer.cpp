@@ -238,6 +238,7 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
   batch_mean_.assign(c, 0.0);
   batch_variance_.assign(c, 0.0);
   saved_inv_std_.assign(c, 0.0);
+  saved_center_.assign(c, 0.0);
   work_a_.assign(c, 0.0);
   work_b_.assign(c, 0.0);
   work_c_.assign(c, 0.0);
@@ -400,6 +401,7 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
       std::lock_guard<std::mutex> lock(saved_mutex_);
       saved_.valid = true;
       saved_.batch_statistics = false;
+      saved_.training_forward = false;
       saved_.residual = io.residual != nullptr;
       saved_.ghost = false;
       saved_.ndim = ndim;
@@ -412,7 +414,7 @@ void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
     fail(Status::state, "the layer left training mode while this call started; call again");
   }
   check_shape(axes_, shape, ndim);
-  if (config_.virtual_batch_size > 0 && uses_batch_statistics() && element_count(shape, ndim) > 0) {
+  if (config_.virtual_batch_size > 0 && element_count(shape, ndim) > 0) {
     Ghost& gh = ghost_for(shape, ndim);
     with_element(config_.dtype, [&](auto e) { forward_ghost<decltype(e)>(gh, io); });
     return;
@@ -532,10 +534,19 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     }
 
     // Commit: nothing below can fail.
+    if (!batch) {
+      // The forward normalized with the moving statistics as they were: its backward needs
+      // them, not the ones the update below writes.
+      for (int64_t f = 0; f < c; ++f) {
+        saved_center_[f] = moving_mean_[f];
+        work_d_[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+      }
+    }
     if (mode_ & kUpdateMoving) update_moving_statistics(m);
     batch_mean_.swap(work_a_);
     batch_variance_.swap(work_b_);
     saved_inv_std_.swap(work_d_);
+    have_batch_statistics_ = true;
     if (batch) {
       saved_r_.swap(call_r_);
       saved_d_.swap(call_d_);
@@ -553,6 +564,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   // zero-size inputs); it still has a (zero) gradient.
   saved_.valid = true;
   saved_.batch_statistics = batch;
+  saved_.training_forward = true;
   saved_.residual = io.residual != nullptr;
   saved_.ghost = false;
   saved_.ndim = plan.ndim;
@@ -662,7 +674,7 @@ kernels::Gate<T> Layer::relu_gate(const BackwardIo& io) {
     return gate;
   }
   using C = kernels::Compute<T>;
-  const PerFeature<C>& pf = saved_.batch_statistics ? relu_constants<C>() : inference_constants<C>();
+  const PerFeature<C>& pf = saved_.training_forward ? relu_constants<C>() : inference_constants<C>();
   gate.z_center = pf.center.data();
   gate.z_scale = pf.k1.data();
   gate.z_shift = pf.k2.data();
@@ -681,14 +693,16 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   const BlockGrid& grid = plan.grid;
   const auto& k = kernels::selected<T>();
   const bool batch = saved_.batch_statistics;
-  const std::vector<double>& center = batch ? batch_mean_ : moving_mean_;
+  // Moving statistics saved by a training-path forward that normalized with them (mode flags).
+  const bool snapshot = !batch && saved_.training_forward;
+  const std::vector<double>& center = batch ? batch_mean_ : snapshot ? saved_center_ : moving_mean_;
   std::vector<double>& inv = work_b_;
   std::vector<double>& dgamma = work_c_;
   std::vector<double>& dbeta = work_d_;
   using C = kernels::Compute<T>;
   PerFeature<C>& pf = call_constants<C>();
   for (int64_t f = 0; f < c; ++f) {
-    inv[f] = batch ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+    inv[f] = batch || snapshot ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
     pf.center[f] = static_cast<C>(center[f]);
     dgamma[f] = 0.0;
     dbeta[f] = 0.0;
@@ -850,10 +864,21 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
     call_r_[f] = r;
     call_d_[f] = d;
   }
+  // Normalize each ghost with its own statistics (r, d shared), or, without the batch
+  // statistics (mode flags), every ghost with the moving statistics as they were.
+  const bool batch = uses_batch_statistics();
+  if (!batch) refresh_inference_transform();
+  const PerFeature<C>& infer = inference_constants<C>();
   for (int64_t j = 0; j < ghosts; ++j) {
     for (int64_t f = 0; f < c; ++f) {
       const auto v = static_cast<size_t>(j * c + f);
-      fold_normalize(pf, v, gh.mean[v], gamma_[f] * call_r_[f] * gh.inv[v], gamma_[f] * call_d_[f] + beta_[f]);
+      if (batch) {
+        fold_normalize(pf, v, gh.mean[v], gamma_[f] * call_r_[f] * gh.inv[v], gamma_[f] * call_d_[f] + beta_[f]);
+      } else {
+        pf.center[v] = infer.center[f];
+        pf.k1[v] = infer.k1[f];
+        pf.k2[v] = infer.k2[f];
+      }
     }
   }
   const kernels::NormalizeArgs<T> norm{g,           x,           static_cast<T*>(io.y), pf.center.data(),
@@ -862,17 +887,30 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
   executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(norm, grid.block(g, b)); });
 
   // Commit: nothing below can fail.
+  if (!batch) {
+    // Normalized with the moving statistics as they were: the plain backward (inference
+    // formula) differentiates it, with these.
+    for (int64_t f = 0; f < c; ++f) {
+      saved_center_[f] = moving_mean_[f];
+      saved_inv_std_[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+    }
+  }
   if (mode_ & kUpdateMoving) update_moving_statistics(m);
   std::copy(work_a_.begin(), work_a_.end(), batch_mean_.begin());
   std::copy(work_b_.begin(), work_b_.end(), batch_variance_.begin());
-  saved_r_.swap(call_r_);
-  saved_d_.swap(call_d_);
-  std::fill(saved_adj_scale_.begin(), saved_adj_scale_.end(), 1.0);
-  std::fill(saved_adj_bias_.begin(), saved_adj_bias_.end(), 0.0);
+  have_batch_statistics_ = true;
+  if (batch) {
+    saved_r_.swap(call_r_);
+    saved_d_.swap(call_d_);
+    std::fill(saved_adj_scale_.begin(), saved_adj_scale_.end(), 1.0);
+    std::fill(saved_adj_bias_.begin(), saved_adj_bias_.end(), 0.0);
+  }
+  if (config_.relu && !batch) relu_constants<C>() = infer;
   saved_.valid = true;
-  saved_.batch_statistics = true;
+  saved_.batch_statistics = batch;
+  saved_.training_forward = true;
   saved_.residual = io.residual != nullptr;
-  saved_.ghost = true;
+  saved_.ghost = batch;
   saved_.ndim = gh.ndim;
   std::copy(gh.shape, gh.shape + gh.ndim, saved_.shape);
 }
@@ -967,7 +1005,9 @@ void Layer::get_param(Param which, void* out, int64_t count) const {
     case Param::moving_variance: return write_params(moving_variance_, out);
     case Param::batch_mean:
     case Param::batch_variance:
-      if (updates_ == 0) fail(Status::state, std::string(param_name(which)) + " needs a training forward first");
+      if (!have_batch_statistics_) {
+        fail(Status::state, std::string(param_name(which)) + " needs a forward that computed batch statistics first");
+      }
       return write_params(which == Param::batch_mean ? batch_mean_ : batch_variance_, out);
     case Param::renorm_mean:
     case Param::renorm_stddev:
@@ -1049,7 +1089,7 @@ void Layer::init_keras_params() {
   const KerasParamOptions& k = config_.keras;
   const bool f64 = config_.dtype == DType::f64;
   const int64_t c = axes_.features;
-  storage_shape_ = storage_shape(config_.axes.size(), axes_);
+  storage_shape_ = storage_shape(config_.axes.size(), axes_, config_.virtual_batch_size > 0);
   if (config_.scale) {
     check_constraint_axes(k.gamma_constraint, storage_shape_, "GAMMA");
     gamma_ = initial_values(k.gamma_init, c, 0, f64, "GAMMA");

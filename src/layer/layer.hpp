@@ -150,13 +150,16 @@ class Layer {
     bool valid = false;
     bool batch_statistics = false;
     bool residual = false;  // the forward added a residual
+    bool training_forward = false;  // computed batch statistics (else an inference forward)
     bool ghost = false;     // ghost batches: the statistics live in ghost_
     int64_t shape[kMaxRank] = {};
     int32_t ndim = 0;
   };
   Saved saved_;
   mutable std::mutex saved_mutex_;  // inference forwards record concurrently
-  std::vector<double> saved_inv_std_;  // 1/sqrt(var_B + eps) of the saved training forward
+  std::vector<double> saved_inv_std_;  // 1/sqrt(var + eps) the saved training forward used
+  std::vector<double> saved_center_;   // its moving mean, when it normalized with the moving statistics
+  bool have_batch_statistics_ = false;
 
   // Scratch planned per shape: partial rows (o_blocks x features) and per-feature work.
   ShapePlan plan_;

@@ -24,7 +24,31 @@ std::string status_text(bn_status status) {
   return std::string(bn_status_string(status)) + ": " + bn_last_error();
 }
 
-bn_status make_config(const RefConfig& c, bn_config** out) {
+bn_status adjustment_callback(void* user_data, const int64_t* shape, int32_t ndim, double* scale, double* bias,
+                              int64_t num_features) {
+  auto* src = static_cast<AdjustmentSource*>(user_data);
+  ++src->calls;
+  src->last_shape.assign(shape, shape + ndim);
+  src->last_features = num_features;
+  for (int64_t f = 0; f < num_features; ++f) {
+    if (scale[f] != 1.0 || bias[f] != 0.0) src->arrived_identity = false;
+  }
+  if (src->result != BN_OK) {
+    for (int64_t f = 0; f < num_features; ++f) {  // garbage the layer must not use
+      scale[f] = 1e30;
+      bias[f] = -1e30;
+    }
+    return src->result;
+  }
+  for (int64_t f = 0; f < num_features; ++f) {
+    const auto i = static_cast<size_t>(f);
+    if (i < src->scale.size()) scale[f] = src->scale[i];
+    if (i < src->bias.size()) bias[f] = src->bias[i];
+  }
+  return BN_OK;
+}
+
+bn_status make_config(const RefConfig& c, bn_config** out, AdjustmentSource* adjustment) {
   bn_config* cfg = nullptr;
   bn_status st = bn_config_create(&cfg);
   if (st != BN_OK) return st;
@@ -49,6 +73,10 @@ bn_status make_config(const RefConfig& c, bn_config** out) {
       bn_config_set_cumulative_average(cfg, c.cumulative_average ? 1 : 0),
       bn_config_set_single_value_policy(cfg, c.reject_single_value ? BN_SINGLE_VALUE_REJECT
                                                                    : BN_SINGLE_VALUE_COMPUTE),
+      c.renorm.enabled ? bn_config_set_renorm(cfg, 1, c.renorm.rmax, c.renorm.rmin, c.renorm.dmax, c.renorm.momentum)
+                       : BN_OK,
+      c.virtual_batch_size != 0 ? bn_config_set_virtual_batch_size(cfg, c.virtual_batch_size) : BN_OK,
+      c.adjustment ? bn_config_set_adjustment(cfg, adjustment_callback, adjustment) : BN_OK,
   };
   for (bn_status s : steps) {
     if (s != BN_OK) {
@@ -65,7 +93,7 @@ bn_status LibLayer::create(const RefConfig& cfg, const std::vector<int64_t>& sha
   layer_ = nullptr;
   dtype_ = cfg.dtype;
   bn_config* c = nullptr;
-  bn_status st = make_config(cfg, &c);
+  bn_status st = make_config(cfg, &c, &adjustment_);
   if (st != BN_OK) return st;
   st = bn_create(c, shape.data(), static_cast<int32_t>(shape.size()), &layer_);
   bn_config_destroy(c);

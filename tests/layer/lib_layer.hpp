@@ -13,8 +13,24 @@
 
 namespace bn_test {
 
+// The test's adjustment callback (Keras `adjustment`, B.4): writes the given per-feature
+// scale and bias (or, when `result` is not BN_OK, scribbles on them and fails) and logs
+// every call.
+struct AdjustmentSource {
+  std::vector<double> scale, bias;  // per feature; empty = leave the 1 and 0 the layer passes
+  bn_status result = BN_OK;         // what the callback returns
+  int calls = 0;
+  bool arrived_identity = true;     // every call found scale 1 and bias 0 on entry
+  std::vector<int64_t> last_shape;
+  int64_t last_features = -1;
+};
+// The bn_adjustment_fn; user_data is an AdjustmentSource*.
+bn_status adjustment_callback(void* user_data, const int64_t* shape, int32_t ndim, double* scale, double* bias,
+                              int64_t num_features);
+
 // Applies every setter of `cfg`; returns the first failing status (and destroys the config).
-bn_status make_config(const RefConfig& cfg, bn_config** out);
+// With cfg.adjustment, the callback above is installed with `adjustment` as its user data.
+bn_status make_config(const RefConfig& cfg, bn_config** out, AdjustmentSource* adjustment = nullptr);
 
 class LibLayer {
  public:
@@ -36,9 +52,12 @@ class LibLayer {
   bn_status get_param(bn_param which, std::vector<double>& out) const;
   std::vector<double> param(bn_param which) const;  // empty on failure
   bn_status set_param(bn_param which, const std::vector<double>& values);
+  // The adjustment callback's source (used when the config has adjustment).
+  AdjustmentSource& adjustment() { return adjustment_; }
 
  private:
   bn_layer* layer_ = nullptr;
+  AdjustmentSource adjustment_;
   RefDtype dtype_ = RefDtype::f32;
 };
 
