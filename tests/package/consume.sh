@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the build tree into a fresh prefix, then builds and runs a consumer against the
-# installed files only: once with find_package(batchnorm 1) and once with pkg-config.
+# installed files only: once with find_package(batchnorm 1) and once with pkg-config, each
+# from C (batchnorm.h) and from C++ (the header-only wrapper batchnorm.hpp).
 set -euo pipefail
 build_dir=$1 source_dir=$2 work=$3
 rm -rf "$work" && mkdir -p "$work"
@@ -13,9 +14,13 @@ test -L "$libdir/libbatchnorm.so" && test -L "$libdir/libbatchnorm.so.1"
 cmake -S "$source_dir/tests/package/consumer" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build "$work/cmake" >/dev/null
 LD_LIBRARY_PATH=$libdir "$work/cmake/consumer"
+LD_LIBRARY_PATH=$libdir "$work/cmake/consumer_cpp"
 
 # 2. pkg-config.
 export PKG_CONFIG_PATH=$libdir/pkgconfig
 cc -std=c99 -Wall -Werror "$source_dir/tests/package/consumer/main.c" -o "$work/pc_consumer" \
   $(pkg-config --cflags --libs batchnorm) -lm
 LD_LIBRARY_PATH=$libdir "$work/pc_consumer"
+c++ -std=c++17 -Wall -Werror "$source_dir/tests/package/consumer/main.cpp" -o "$work/pc_consumer_cpp" \
+  $(pkg-config --cflags --libs batchnorm)
+LD_LIBRARY_PATH=$libdir "$work/pc_consumer_cpp"
