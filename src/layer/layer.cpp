@@ -436,7 +436,8 @@ void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const 
                                        static_cast<const T*>(io.residual),
                                        config_.relu,
                                        stream_output<T>(plan)};
-  executor_.for_blocks(plan.grid.count(), [&](int64_t b) { k.normalize(args, plan.grid.block(plan.geometry, b)); });
+  const BlockGrid& sg = plan.stream_grid;
+  executor_.for_blocks(sg.count(), [&](int64_t b) { k.normalize(args, sg.block(plan.geometry, b)); });
 }
 
 template <class T>
@@ -530,7 +531,8 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
           transform(f, acc.mean, std::max(0.0, acc.m2 / acc.count));
         }
       });
-      executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(norm, grid.block(g, b)); });
+      const BlockGrid& sg = plan.stream_grid;
+      executor_.for_blocks(sg.count(), [&](int64_t b) { k.normalize(norm, sg.block(g, b)); });
     }
 
     // Commit: nothing below can fail.
@@ -735,7 +737,8 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   if (!batch && !param_grads) {
     // Inference without parameter gradients: dx = (g*s_mv)*dy needs no reduction.
     for (int64_t f = 0; f < c; ++f) coefficients(f, 0.0, 0.0);
-    if (elementwise) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
+    const BlockGrid& sg = plan.stream_grid;
+    if (elementwise) executor_.for_blocks(sg.count(), [&](int64_t b) { k.backward_dx(dx_args, sg.block(g, b)); });
     return;
   }
   if (grid.o_blocks == 1) {
@@ -768,7 +771,8 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
       coefficients(f, a, b);
     }
   });
-  if (elementwise) executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(dx_args, grid.block(g, b)); });
+  const BlockGrid& sg = plan.stream_grid;
+  if (elementwise) executor_.for_blocks(sg.count(), [&](int64_t b) { k.backward_dx(dx_args, sg.block(g, b)); });
 }
 
 // ---------------------------------------------------------------------------

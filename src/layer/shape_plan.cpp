@@ -187,6 +187,22 @@ ShapePlan plan_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
   grid.o_chunk = std::max<int64_t>(1, grid.o_chunk);
   grid.o_blocks = (g.outer + grid.o_chunk - 1) / grid.o_chunk;
   grid.s_blocks = (g.span + grid.s_chunk - 1) / grid.s_chunk;
+  // Elementwise passes over features-first data: runs of whole rows in memory order (the
+  // column blocks above stride across the tensor), about kBlockTarget elements each.
+  p.stream_grid = grid;
+  if (g.identity() && inner >= kMinPlanarInner) {
+    BlockGrid& sg = p.stream_grid;
+    const int64_t row = g.span * inner;
+    if (row >= kBlockTarget) {
+      sg.o_chunk = 1;
+      sg.s_chunk = std::min(g.span, std::max<int64_t>(1, kBlockTarget / inner));
+    } else {
+      sg.s_chunk = g.span;
+      sg.o_chunk = std::min(g.outer, std::max<int64_t>(1, kBlockTarget / row));
+    }
+    sg.o_blocks = (g.outer + sg.o_chunk - 1) / sg.o_chunk;
+    sg.s_blocks = (g.span + sg.s_chunk - 1) / sg.s_chunk;
+  }
   return p;
 }
 

@@ -59,7 +59,8 @@ struct ShapePlan {
     return true;
   }
   kernels::Geometry geometry;
-  BlockGrid grid;
+  BlockGrid grid;         // reductions (statistics, backward sums) and the passes fused with them
+  BlockGrid stream_grid;  // elementwise passes alone: blocks of contiguous memory
   int64_t elements = 0;
   int64_t per_feature = 0;  // m: elements reduced into each feature's statistics
 };

@@ -437,6 +437,17 @@ TEST_CASE("block grid and every kernel table against naive loops", "[kernels]") 
     for (int64_t e : block_info(g, blk, fmap).elements) ++visits[static_cast<size_t>(e)];
   }
   CHECK(std::count(visits.begin(), visits.end(), 1) == p.elements);
+  // The elementwise grid too.
+  std::vector<int> stream_visits(static_cast<size_t>(p.elements), 0);
+  for (int64_t b = 0; b < p.stream_grid.count(); ++b) {
+    const bn::kernels::Block blk = p.stream_grid.block(g, b);
+    REQUIRE(blk.o0 < blk.o1);
+    REQUIRE(blk.o1 <= g.outer);
+    REQUIRE(blk.s0 < blk.s1);
+    REQUIRE(blk.s1 <= g.span);
+    for (int64_t e : block_info(g, blk, fmap).elements) ++stream_visits[static_cast<size_t>(e)];
+  }
+  CHECK(std::count(stream_visits.begin(), stream_visits.end(), 1) == p.elements);
 
   // Partial storage: o_blocks x features entries (checked per block in check_kernels).
   // It never exceeds the tensor, and for a single kept group every partial row except the
