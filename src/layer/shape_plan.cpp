@@ -15,10 +15,13 @@ namespace {
 // bounds the partial storage to a small fraction of the tensor.
 constexpr int64_t kBlockTarget = int64_t{1} << 15;
 constexpr int64_t kMinPerPartial = 256;
-// Features-first layouts whose per-feature slice (all rows of one feature) holds at most
-// this many elements get column blocks: a block holds every row of its features, so the
-// training forward and the backward finish a block while it is in cache (one read of x).
-constexpr int64_t kColumnBudget = int64_t{1} << 17;
+// Small features-first tensors (at most kColumnTensor elements) whose per-feature slice (all
+// rows of one feature) holds at most kColumnBudget elements get column blocks: a block holds
+// every row of its features, so the training forward and the backward finish a block while it
+// is in cache, in one task. Larger tensors are faster in two passes of contiguous memory
+// (measured: column blocks stride across the tensor, which the prefetchers follow badly).
+constexpr int64_t kColumnBudget = int64_t{1} << 12;
+constexpr int64_t kColumnTensor = int64_t{1} << 19;
 constexpr int64_t kMinPlanarInner = 16;
 // Features-last layouts: blocks of whole rows of up to kMaxRowBlock features, at least
 // kMinRowsInterleaved rows (so the partials stay at most 1/16 of x in bytes).
@@ -163,7 +166,8 @@ ShapePlan plan_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
   if (p.elements == 0) return p;  // nothing to compute; o_blocks = 0
   const int64_t inner = g.inner;
   const int64_t o_min = std::max<int64_t>(1, (kMinPerPartial + inner - 1) / inner);
-  if (g.identity() && inner >= kMinPlanarInner && g.outer * inner <= kColumnBudget) {
+  if (g.identity() && inner >= kMinPlanarInner && g.outer * inner <= kColumnBudget &&
+      p.elements <= kColumnTensor) {
     // Features first, small slices: column blocks (see kColumnBudget).
     grid.o_chunk = g.outer;
     grid.s_chunk = std::min(g.span, std::max<int64_t>(1, kBlockTarget / (g.outer * inner)));
