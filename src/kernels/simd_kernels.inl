@@ -159,8 +159,6 @@ inline void with_rows(int rows, F&& f) {
     with_rows<R - 1>(rows, f);
   }
 }
-// Wide features-last rows are processed in segments of this many features.
-constexpr int64_t kSegment = 512;
 
 // Both halves of a strip of V::W doubles at p (n valid lanes), through an aligned copy at a tail.
 struct DoubleStrip {
@@ -229,21 +227,18 @@ void stats_interleaved(const StatsArgs<E>& args, const Block& block) {
   const StatsArgs<E> a = args;
   const Block b = block;
   const int64_t span = a.geometry.span;
-  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {  // the segment's running moments stay in L1
-    const int64_t s1 = s0 + kSegment < b.s1 ? s0 + kSegment : b.s1;
-    const int64_t full = s0 + (s1 - s0) / V::W * V::W;
-    const Tail tail{static_cast<int>(s1 - full)};
-    for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
-      const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
-      const double before = static_cast<double>(g0 - b.o0);
-      const E* x = a.x + g0 * span;
-      auto group = [&](auto rows_c) {
-        constexpr int r = decltype(rows_c)::value;
-        for (int64_t j = s0; j < full; j += V::W) stats_group<r>(x + j, span, Full{}, a.mean + j, a.m2 + j, before);
-        if (tail.n) stats_group<r>(x + full, span, tail, a.mean + full, a.m2 + full, before);
-      };
-      with_rows<kGroup>(rows, group);
-    }
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  const Tail tail{static_cast<int>(b.s1 - full)};
+  for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
+    const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
+    const double before = static_cast<double>(g0 - b.o0);
+    const E* x = a.x + g0 * span;
+    auto group = [&](auto rows_c) {
+      constexpr int r = decltype(rows_c)::value;
+      for (int64_t j = b.s0; j < full; j += V::W) stats_group<r>(x + j, span, Full{}, a.mean + j, a.m2 + j, before);
+      if (tail.n) stats_group<r>(x + full, span, tail, a.mean + full, a.m2 + full, before);
+    };
+    with_rows<kGroup>(rows, group);
   }
 }
 
@@ -316,21 +311,17 @@ inline void walk_stream(const Geometry& g, const Block& b, const float* const (&
     case 4: return walk_narrow<4>(g, b, tables, whole, body);
     default: break;
   }
-  // Wide rows: segments of kSegment features over all rows, so that the segment's constants
-  // stay in L1 while the rows stream through.
+  // Wide rows, in memory order (segments of features walked over all rows measured slower).
   auto vector_at = [&](auto ld, int64_t row, int64_t j) {
     for (int i = 0; i < N; ++i) k.v[i] = ld(tables[i] + j);
     body(ld, row + j, k);
   };
-  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {
-    const int64_t s1 = s0 + kSegment < b.s1 ? s0 + kSegment : b.s1;
-    const int64_t full = s0 + (s1 - s0) / V::W * V::W;
-    const Tail tail{static_cast<int>(s1 - full)};
-    for (int64_t o = b.o0; o < b.o1; ++o) {
-      const int64_t row = o * g.span;
-      for (int64_t j = s0; j < full; j += V::W) vector_at(whole, row, j);
-      if (tail.n) vector_at(tail, row, full);
-    }
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  const Tail tail{static_cast<int>(b.s1 - full)};
+  for (int64_t o = b.o0; o < b.o1; ++o) {
+    const int64_t row = o * g.span;
+    for (int64_t j = b.s0; j < full; j += V::W) vector_at(whole, row, j);
+    if (tail.n) vector_at(tail, row, full);
   }
 }
 
@@ -455,14 +446,11 @@ void backward_sums_impl(const BackwardSumsArgs<E>& a, const Block& b) {
     V::dadd_to(a.sum_dy + j, V::lo(sy), V::hi(sy), ld.lanes());
     V::dadd_to(a.sum_dyxc + j, V::lo(sp), V::hi(sp), ld.lanes());
   };
-  for (int64_t s0 = b.s0; s0 < b.s1; s0 += kSegment) {  // the segment's sums stay in L1
-    const int64_t s1 = s0 + kSegment < b.s1 ? s0 + kSegment : b.s1;
-    const int64_t seg_full = s0 + (s1 - s0) / V::W * V::W;
-    for (int64_t g0 = b.o0; g0 < b.o1; g0 += kRun) {
-      const int rows = static_cast<int>(b.o1 - g0 < kRun ? b.o1 - g0 : kRun);
-      for (int64_t j = s0; j < seg_full; j += V::W) strip(Full{}, g0, rows, j);
-      if (seg_full < s1) strip(Tail{static_cast<int>(s1 - seg_full)}, g0, rows, seg_full);
-    }
+  const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  for (int64_t g0 = b.o0; g0 < b.o1; g0 += kRun) {
+    const int rows = static_cast<int>(b.o1 - g0 < kRun ? b.o1 - g0 : kRun);
+    for (int64_t j = b.s0; j < full; j += V::W) strip(Full{}, g0, rows, j);
+    if (full < b.s1) strip(Tail{static_cast<int>(b.s1 - full)}, g0, rows, full);
   }
 }
 

@@ -15,13 +15,17 @@ namespace {
 
 constexpr int32_t kMaxThreads = 4096;
 constexpr int64_t kFeaturesPerTask = 256;  // per-feature work is split in chunks of this size
-// Outputs of at least this many bytes are written with non-temporal stores: they would push
-// everything else out of the caches anyway, and streaming saves reading them in first.
-constexpr int64_t kStreamBytes = int64_t{16} << 20;
+// Outputs of at least this many bytes are written with non-temporal stores (saves reading
+// them in first), when every row starts on the same 64-byte phase: mixing streaming and
+// ordinary stores on one cache line (rows of 49 floats) measured much slower than either.
+constexpr int64_t kStreamBytes = int64_t{4} << 20;
 
 template <class T>
 bool stream_output(const ShapePlan& plan) {
-  return plan.elements * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  const kernels::Geometry& g = plan.geometry;
+  if (!g.identity() || plan.elements * static_cast<int64_t>(sizeof(T)) < kStreamBytes) return false;
+  const int64_t row_bytes = (g.inner > 1 ? g.inner : g.span) * static_cast<int64_t>(sizeof(T));
+  return row_bytes % 64 == 0;
 }
 
 std::string shape_text(const int64_t* shape, int32_t ndim) {
