@@ -181,6 +181,8 @@ class Layer {
   };
   Ghost ghost_;
   Ghost& ghost_for(const int64_t* shape, int32_t ndim);
+  void forward_ghost(Ghost& gh, const ForwardIo& io);  // dispatch on the element type
+  void backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads);
   template <class T> void forward_ghost(Ghost& gh, const ForwardIo& io);
   template <class T> void backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads);
 

@@ -1,0 +1,179 @@
+// The backward: dx, dgamma, dbeta of the saved forward, with the ReLU gate.
+#include "layer/layer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "kernels/kernels.hpp"
+#include "layer/error.hpp"
+#include "layer/keras_params.hpp"
+#include "layer/layer_internal.hpp"
+
+namespace bn {
+using namespace detail;
+
+// ---------------------------------------------------------------------------
+// Backward
+//
+// Training (per feature, m reduced elements, s = 1/sqrt(var_B + eps), xhat = (x - mean)*s,
+// y = g*xhat + b; mean and var are differentiated through):
+//   dx = g*s * (dy - mean(dy) - xhat * mean(dy*xhat))
+//      = (g*s)*dy  +  (-g*s^3 * Sxc / m)*(x - mean)  +  (-g*s * Sdy / m)
+//   with Sdy = sum dy and Sxc = sum dy*(x - mean);  dgamma = s*Sxc;  dbeta = Sdy.
+// Inference (moving statistics are constants): dx = (g*s_mv)*dy, dgamma = s_mv * sum dy*(x - mm).
+// Mixed precision (bf16/f16 x, dy): everything above is computed in float from the widened
+// 16-bit values, and dx is rounded once to the 16-bit type; dgamma and dbeta are float.
+// The kernels take the sums around c = C(mean) (C = Compute<T>: double for f64, float
+// otherwise) and compute x - c in C; with delta = mean - c:
+//   Sxc = sum dy*(x - c) - delta*Sdy,   k_x*(x - mean) + k_c = k_x*(x - c) + (k_c - k_x*delta).
+void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
+  Access exclusive(users_, true);
+  check_shape(axes_, shape, ndim);
+  if (!saved_.valid) {
+    fail(Status::state, "there is no forward to differentiate: call bn_forward first (a bn_set_param since the "
+                        "last forward also clears it)");
+  }
+  if (saved_.ndim != ndim || !std::equal(shape, shape + ndim, saved_.shape)) {
+    fail(Status::state, "shape " + shape_text(shape, ndim) + " differs from the shape " +
+                            shape_text(saved_.shape, saved_.ndim) + " of the most recent bn_forward");
+  }
+  if (config_.relu && saved_.residual && !io.y) {
+    fail(Status::state, "the forward added a residual before the ReLU, so its mask needs that forward's output: "
+                        "pass y to bn_backward_residual");
+  }
+  const bool param_grads = (io.dgamma || io.dbeta) && (mode_ & kParamGradients) && (config_.scale || config_.center);
+  if (saved_.ghost) {
+    backward_ghost(ghost_, io, param_grads);
+  } else {
+    const ShapePlan& plan = plan_for(shape, ndim);
+    with_element(config_.dtype, [&](auto e) { backward_impl<decltype(e)>(plan, io, param_grads); });
+  }
+  // work_c_ holds dgamma, work_d_ dbeta (zero where the parameter is absent or frozen).
+  std::vector<double>& dg = work_c_;
+  std::vector<double>& db = work_d_;
+  if (param_grads) {  // Keras adds the regularizers' gradients (B.8); absent parameters are zeroed below
+    add_regularizer_gradient(config_.keras.gamma_regularizer, gamma_, dg);
+    add_regularizer_gradient(config_.keras.beta_regularizer, beta_, db);
+  }
+  for (size_t f = 0; f < dg.size(); ++f) {
+    dg[f] = param_grads && config_.scale ? round_param(dg[f]) : 0.0;
+    db[f] = param_grads && config_.center ? round_param(db[f]) : 0.0;
+  }
+  if (io.dgamma) write_params(dg, io.dgamma);
+  if (io.dbeta) write_params(db, io.dbeta);
+}
+
+// The ReLU mask of the saved forward: from its output when the caller passes it, else
+// recomputed from x with the transform that forward used.
+template <class T>
+kernels::Gate<T> Layer::relu_gate(const BackwardIo& io) {
+  kernels::Gate<T> gate;
+  if (!config_.relu) return gate;
+  if (io.y) {
+    gate.y = static_cast<const T*>(io.y);
+    return gate;
+  }
+  using C = kernels::Compute<T>;
+  const PerFeature<C>& pf = saved_.training_forward ? relu_constants<C>() : inference_constants<C>();
+  gate.z_center = pf.center.data();
+  gate.z_scale = pf.k1.data();
+  gate.z_shift = pf.k2.data();
+  return gate;
+}
+
+template <class T>
+void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool param_grads) {
+  const T* x = static_cast<const T*>(io.x);
+  const T* dy = static_cast<const T*>(io.dy);
+  T* dx = static_cast<T*>(io.dx);
+  T* dresidual = static_cast<T*>(io.dresidual);
+  const kernels::Gate<T> gate = relu_gate<T>(io);
+  const int64_t c = axes_.features;
+  const kernels::Geometry& g = plan.geometry;
+  const BlockGrid& grid = plan.grid;
+  const auto& k = kernels::selected<T>();
+  const bool batch = saved_.batch_statistics;
+  // Moving statistics saved by a training-path forward that normalized with them (mode flags).
+  const bool snapshot = !batch && saved_.training_forward;
+  const std::vector<double>& center = batch ? batch_mean_ : snapshot ? saved_center_ : moving_mean_;
+  std::vector<double>& inv = work_b_;
+  std::vector<double>& dgamma = work_c_;
+  std::vector<double>& dbeta = work_d_;
+  using C = kernels::Compute<T>;
+  PerFeature<C>& pf = call_constants<C>();
+  for (int64_t f = 0; f < c; ++f) {
+    inv[f] = batch || snapshot ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+    pf.center[f] = static_cast<C>(center[f]);
+    dgamma[f] = 0.0;
+    dbeta[f] = 0.0;
+  }
+  if (plan.elements == 0) return;
+  const double m = static_cast<double>(plan.per_feature);
+  // From the sums of feature f (taken around pf.center): parameter gradients and dx constants.
+  // With the batch statistics, y = g*(a_s*(r*xhat + d) + a_b) + b with r, d, a_s, a_b constants:
+  // dx as above with g*a_s*r for g; dgamma = a_s*r*s*Sxc + (a_s*d + a_b)*Sdy.
+  auto coefficients = [&](int64_t f, double sdy, double sxc_c) {
+    const double delta = center[f] - static_cast<double>(pf.center[f]);
+    const double sxc = sxc_c - delta * sdy;
+    const double r = batch ? saved_r_[f] : 1.0, d = batch ? saved_d_[f] : 0.0;
+    const double as = batch ? saved_adj_scale_[f] : 1.0, ab = batch ? saved_adj_bias_[f] : 0.0;
+    dgamma[f] = as * r * inv[f] * sxc + (as * d + ab) * sdy;
+    dbeta[f] = sdy;
+    const double k_dy = gamma_[f] * as * r * inv[f];
+    const double k_x = batch ? -(k_dy * inv[f] * inv[f] * sxc) / m : 0.0;
+    const double k_c = batch ? -(k_dy * sdy) / m : 0.0;
+    pf.k1[f] = static_cast<C>(k_dy);
+    pf.k2[f] = static_cast<C>(k_x);
+    pf.k3[f] = static_cast<C>(k_c - k_x * delta);
+  };
+  const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
+  const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
+                                           pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual,
+                                           stream_output<T>(plan)};
+  const bool elementwise = dx || dresidual;
+
+  if (!batch && !param_grads) {
+    // Inference without parameter gradients: dx = (g*s_mv)*dy needs no reduction.
+    for (int64_t f = 0; f < c; ++f) coefficients(f, 0.0, 0.0);
+    const BlockGrid& sg = plan.stream_grid;
+    if (elementwise) executor_.for_blocks(sg.count(), [&](int64_t b) { k.backward_dx(dx_args, sg.block(g, b)); });
+    return;
+  }
+  if (grid.o_blocks == 1) {
+    // Blocks hold all rows of their features: sums, constants and dx while x and dy are in cache.
+    executor_.for_blocks(grid.count(), [&](int64_t b) {
+      const kernels::Block block = grid.block(g, b);
+      k.backward_sums(sums, block);
+      int64_t f0, f1;
+      kernels::block_features(g, block, f0, f1);
+      for (int64_t f = f0; f < f1; ++f) coefficients(f, partial_a_[f], partial_b_[f]);
+      if (elementwise) k.backward_dx(dx_args, block);
+    });
+    return;
+  }
+  executor_.for_blocks(grid.count(), [&](int64_t b) {
+    const int64_t bo = b / grid.s_blocks;
+    kernels::BackwardSumsArgs<T> args = sums;
+    args.sum_dy = partial_a_.data() + bo * c;
+    args.sum_dyxc = partial_b_.data() + bo * c;
+    k.backward_sums(args, grid.block(g, b));
+  });
+  executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
+    const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
+    for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
+      double a = 0.0, b = 0.0;
+      for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+        a += partial_a_[bo * c + f];
+        b += partial_b_[bo * c + f];
+      }
+      coefficients(f, a, b);
+    }
+  });
+  const BlockGrid& sg = plan.stream_grid;
+  if (elementwise) executor_.for_blocks(sg.count(), [&](int64_t b) { k.backward_dx(dx_args, sg.block(g, b)); });
+}
+
+}  // namespace bn

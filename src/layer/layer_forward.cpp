@@ -1,0 +1,244 @@
+// The forward: inference, training (statistics, renorm, adjustment, mode flags) and the
+// moving statistics.
+#include "layer/layer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "kernels/kernels.hpp"
+#include "layer/error.hpp"
+#include "layer/layer_internal.hpp"
+
+namespace bn {
+using namespace detail;
+
+// ---------------------------------------------------------------------------
+// Forward
+// 16-bit layers (SEMANTICS A.7, B.9) compute in float from the widened inputs, with the
+// statistics accumulated in double and float parameters, and round y once to the 16-bit type.
+void Layer::forward(const int64_t* shape, int32_t ndim, const ForwardIo& io) {
+  {
+    Access shared(users_, false);
+    if (!computes_batch_statistics()) {
+      const ShapePlan plan = plan_shape(axes_, shape, ndim);
+      with_element(config_.dtype, [&](auto e) { forward_inference<decltype(e)>(plan, io); });
+      std::lock_guard<std::mutex> lock(saved_mutex_);
+      saved_.valid = true;
+      saved_.batch_statistics = false;
+      saved_.training_forward = false;
+      saved_.residual = io.residual != nullptr;
+      saved_.ghost = false;
+      saved_.ndim = ndim;
+      std::copy(shape, shape + ndim, saved_.shape);
+      return;
+    }
+  }
+  Access exclusive(users_, true);
+  if (!computes_batch_statistics()) {
+    fail(Status::state, "the layer left training mode while this call started; call again");
+  }
+  check_shape(axes_, shape, ndim);
+  if (config_.virtual_batch_size > 0 && element_count(shape, ndim) > 0) {
+    Ghost& gh = ghost_for(shape, ndim);
+    forward_ghost(gh, io);
+    return;
+  }
+  const ShapePlan& plan = plan_for(shape, ndim);
+  with_element(config_.dtype, [&](auto e) { forward_training<decltype(e)>(plan, io); });
+}
+
+template <class T>
+void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const {
+  const auto& k = kernels::selected<T>();
+  const PerFeature<kernels::Compute<T>>& pf = inference_constants<kernels::Compute<T>>();
+  const kernels::NormalizeArgs<T> args{plan.geometry,
+                                       static_cast<const T*>(io.x),
+                                       static_cast<T*>(io.y),
+                                       pf.center.data(),
+                                       pf.k1.data(),
+                                       pf.k2.data(),
+                                       static_cast<const T*>(io.residual),
+                                       config_.relu,
+                                       stream_output<T>(plan)};
+  const BlockGrid& sg = plan.stream_grid;
+  executor_.for_blocks(sg.count(), [&](int64_t b) { k.normalize(args, sg.block(plan.geometry, b)); });
+}
+
+template <class T>
+void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
+  const T* x = static_cast<const T*>(io.x);
+  const int64_t m = plan.per_feature;
+  if (m == 1 && config_.single_value == SingleValue::reject) {
+    fail(Status::shape, "training needs more than one value per feature (single-value policy REJECT); shape " +
+                            shape_text(plan.shape, plan.ndim) + " has 1");
+  }
+  const bool batch = uses_batch_statistics();
+  const bool renorm = batch && config_.renorm.enabled;
+  const bool adjust = batch && static_cast<bool>(config_.adjustment);
+  const int64_t c = axes_.features;
+  if (adjust) {
+    // Keras calls adjustment(tf.shape(inputs)) in training; a failure changes nothing.
+    std::fill(call_adj_scale_.begin(), call_adj_scale_.end(), 1.0);
+    std::fill(call_adj_bias_.begin(), call_adj_bias_.end(), 0.0);
+    if (!config_.adjustment(plan.shape, plan.ndim, call_adj_scale_.data(), call_adj_bias_.data(), c)) {
+      fail(Status::callback, "the adjustment callback reported failure");
+    }
+    for (int64_t f = 0; f < c; ++f) {
+      if (!std::isfinite(call_adj_scale_[f]) || !std::isfinite(call_adj_bias_[f])) {
+        fail(Status::callback, "the adjustment callback returned a non-finite scale or bias for feature " +
+                                   std::to_string(f));
+      }
+    }
+  }
+  const kernels::Geometry& g = plan.geometry;
+  const BlockGrid& grid = plan.grid;
+  const auto& k = kernels::selected<T>();
+  using C = kernels::Compute<T>;
+  PerFeature<C>& pf = call_constants<C>();
+  // Per feature: keep mean, biased variance and 1/sqrt(var + eps); with the batch statistics,
+  // fold y = g*(a_s*(r*xhat + d) + a_b) + b (SEMANTICS B.2, B.4): r, d the renorm correction
+  // from the pre-update renorm statistics (constants for the gradient), a_s, a_b the
+  // adjustment; k = g*a_s*r/sqrt(var + eps), t = g*(a_s*d + a_b) + b.
+  auto transform = [&](int64_t f, double mean, double var) {
+    work_a_[f] = mean;
+    work_b_[f] = var;
+    const double inv = 1.0 / std::sqrt(var + epsilon_);
+    work_d_[f] = inv;
+    if (!batch) return;
+    double r = 1.0, d = 0.0;
+    if (renorm) renorm_correction(static_cast<size_t>(f), mean, var, r, d);
+    call_r_[f] = r;
+    call_d_[f] = d;
+    const double as = adjust ? call_adj_scale_[f] : 1.0, ab = adjust ? call_adj_bias_[f] : 0.0;
+    fold_normalize(pf, static_cast<size_t>(f), mean, gamma_[f] * as * r * inv, gamma_[f] * (as * d + ab) + beta_[f]);
+  };
+  // Without the batch statistics (mode flags), normalize with the moving ones as they were.
+  if (!batch) refresh_inference_transform();
+  const PerFeature<C>& used = batch ? pf : inference_constants<C>();
+  const kernels::NormalizeArgs<T> norm{g,
+                                       x,
+                                       static_cast<T*>(io.y),
+                                       used.center.data(),
+                                       used.k1.data(),
+                                       used.k2.data(),
+                                       static_cast<const T*>(io.residual),
+                                       config_.relu,
+                                       stream_output<T>(plan)};
+
+  if (plan.elements > 0) {
+    if (grid.o_blocks == 1) {
+      // Every block holds all rows of its features, so its statistics are final: normalize
+      // it right away, while it is still in cache (x is read from memory once).
+      executor_.for_blocks(grid.count(), [&](int64_t b) {
+        const kernels::Block block = grid.block(g, b);
+        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data(), partial_b_.data()}, block);
+        const double count = grid.count_per_feature(g, 0);
+        int64_t f0, f1;
+        kernels::block_features(g, block, f0, f1);
+        for (int64_t f = f0; f < f1; ++f) transform(f, partial_a_[f], std::max(0.0, partial_b_[f] / count));
+        k.normalize(norm, block);
+      });
+    } else {
+      // Per-block two-pass moments, Chan's merge in block order per feature, then normalize.
+      executor_.for_blocks(grid.count(), [&](int64_t b) {
+        const int64_t bo = b / grid.s_blocks;
+        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c},
+                grid.block(g, b));
+      });
+      executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
+        const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
+        for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
+          kernels::Moments acc;
+          for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+            kernels::merge_into(acc, grid.count_per_feature(g, bo), partial_a_[bo * c + f], partial_b_[bo * c + f]);
+          }
+          transform(f, acc.mean, std::max(0.0, acc.m2 / acc.count));
+        }
+      });
+      const BlockGrid& sg = plan.stream_grid;
+      executor_.for_blocks(sg.count(), [&](int64_t b) { k.normalize(norm, sg.block(g, b)); });
+    }
+
+    // Commit: nothing below can fail.
+    if (!batch) {
+      // The forward normalized with the moving statistics as they were: its backward needs
+      // them, not the ones the update below writes.
+      for (int64_t f = 0; f < c; ++f) {
+        saved_center_[f] = moving_mean_[f];
+        work_d_[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+      }
+    }
+    if (mode_ & kUpdateMoving) update_moving_statistics(m);
+    batch_mean_.swap(work_a_);
+    batch_variance_.swap(work_b_);
+    saved_inv_std_.swap(work_d_);
+    have_batch_statistics_ = true;
+    if (batch) {
+      saved_r_.swap(call_r_);
+      saved_d_.swap(call_d_);
+      if (adjust) {
+        saved_adj_scale_.swap(call_adj_scale_);
+        saved_adj_bias_.swap(call_adj_bias_);
+      } else {
+        std::fill(saved_adj_scale_.begin(), saved_adj_scale_.end(), 1.0);
+        std::fill(saved_adj_bias_.begin(), saved_adj_bias_.end(), 0.0);
+      }
+    }
+    if (config_.relu) relu_constants<C>() = used;  // sizes match: copies, no allocation
+  }
+  // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
+  // zero-size inputs); it still has a (zero) gradient.
+  saved_.valid = true;
+  saved_.batch_statistics = batch;
+  saved_.training_forward = true;
+  saved_.residual = io.residual != nullptr;
+  saved_.ghost = false;
+  saved_.ndim = plan.ndim;
+  std::copy(plan.shape, plan.shape + plan.ndim, saved_.shape);
+}
+
+// Moving statistics (SEMANTICS B.1/B.2) from the batch mean work_a_ and biased variance
+// work_b_ over m values per feature: the fused path feeds the Bessel-corrected variance
+// m/max(m-1,1) (TF's kernel form mu*v + (1-mu)*x); the non-fused path the biased one (Keras'
+// v - (v - x)(1 - mu)). With renorm, renorm_mean/renorm_stddev follow renorm_momentum,
+// moving_stddev follows momentum and moving_variance = relu(moving_stddev^2 - eps) is
+// assigned. The variance override and the cumulative average (PyTorch momentum=None) are
+// options beyond Keras. Each value is rounded to the parameter type, as Keras stores it.
+void Layer::update_moving_statistics(int64_t m) {
+  const bool bessel = config_.moving_variance == MovingVariance::unbiased ||
+                      (config_.moving_variance == MovingVariance::automatic && fused_);
+  const double correction = bessel ? static_cast<double>(m) / static_cast<double>(std::max<int64_t>(m - 1, 1)) : 1.0;
+  ++updates_;
+  const double mu = config_.momentum;
+  const double wc = 1.0 / static_cast<double>(updates_);
+  auto ema = [&](double& v, double value) {
+    if (config_.cumulative_average) {
+      v = round_param((1.0 - wc) * v + wc * value);
+    } else if (fused_) {
+      v = round_param(mu * v + (1.0 - mu) * value);  // TF's kernel form
+    } else {
+      v = round_param(v - (v - value) * (1.0 - mu));  // Keras' _assign_moving_average
+    }
+  };
+  const double wr = 1.0 - config_.renorm.momentum;
+  for (size_t f = 0; f < moving_mean_.size(); ++f) {
+    const double mean = work_a_[f];
+    const double var = work_b_[f] * correction;
+    ema(moving_mean_[f], mean);
+    if (config_.renorm.enabled) {
+      const double stddev = std::sqrt(work_b_[f] + epsilon_);
+      renorm_mean_[f] = round_param(renorm_mean_[f] - (renorm_mean_[f] - mean) * wr);
+      renorm_stddev_[f] = round_param(renorm_stddev_[f] - (renorm_stddev_[f] - stddev) * wr);
+      ema(moving_stddev_[f], std::sqrt(var + epsilon_));
+      moving_variance_[f] = round_param(std::max(0.0, moving_stddev_[f] * moving_stddev_[f] - epsilon_));
+    } else {
+      ema(moving_variance_[f], var);
+    }
+  }
+  inference_stale_ = true;
+}
+
+}  // namespace bn

@@ -1,0 +1,130 @@
+// Internal to the layer's translation units (layer*.cpp): the access guard, the per-call
+// constants of each element type, and small helpers shared by the forward, backward and
+// ghost-batch passes.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "kernels/kernels.hpp"
+#include "layer/error.hpp"
+#include "layer/layer.hpp"
+
+namespace bn {
+namespace detail {
+
+constexpr int64_t kFeaturesPerTask = 256;  // per-feature work is split in chunks of this size
+// Outputs of at least this many bytes are written with non-temporal stores (saves reading
+// them in first), when every row starts on the same 64-byte phase: mixing streaming and
+// ordinary stores on one cache line (rows of 49 floats) measured much slower than either.
+constexpr int64_t kStreamBytes = int64_t{4} << 20;
+
+template <class T>
+inline bool stream_output(const ShapePlan& plan) {
+  const kernels::Geometry& g = plan.geometry;
+  if (!g.identity() || plan.elements * static_cast<int64_t>(sizeof(T)) < kStreamBytes) return false;
+  const int64_t row_bytes = (g.inner > 1 ? g.inner : g.span) * static_cast<int64_t>(sizeof(T));
+  return row_bytes % 64 == 0;
+}
+
+inline std::string shape_text(const int64_t* shape, int32_t ndim) {
+  std::string s = "(";
+  for (int32_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (ndim == 1 ? ",)" : ")");
+}
+
+// Calls fn with a value of the kernels' element type E for `dtype`: double for f64, the
+// 16-bit tags for bf16 and f16, float for f32. Parameters, statistics and the per-feature
+// kernel constants are double for f64 and float otherwise (kernels::Compute<E>).
+template <class Fn>
+void with_element(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::f64: return fn(double{});
+    case DType::bf16: return fn(kernels::bf16{});
+    case DType::f16: return fn(kernels::f16{});
+    case DType::f32: break;
+  }
+  fn(float{});
+}
+
+// The normalization y = (x - mean)*k + t, folded for kernels computing
+// fma(x - center, k1, k2) in T (the compute type): center = T(mean) makes x - center exact
+// near the mean (Sterbenz), and the shift absorbs the rounding of the mean. 16-bit elements
+// are exact in float, so this holds for them too.
+template <class T>
+void fold_normalize(PerFeature<T>& out, size_t f, double mean, double k, double t) {
+  const T center = static_cast<T>(mean);
+  out.center[f] = center;
+  out.k1[f] = static_cast<T>(k);
+  out.k2[f] = static_cast<T>(t - (mean - static_cast<double>(center)) * k);
+}
+
+// The member of the kernels' element type T.
+template <class T>
+PerFeature<T>& of_type(PerFeature<float>& f32, PerFeature<double>& f64) {
+  if constexpr (std::is_same_v<T, float>) {
+    return f32;
+  } else {
+    return f64;
+  }
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
+// Access guard: many concurrent readers (inference forwards, get_param) or one writer.
+// Misuse is reported, never raced.
+class Layer::Access {
+ public:
+  Access(std::atomic<int32_t>& users, bool exclusive) : users_(users), exclusive_(exclusive) {
+    if (exclusive) {
+      int32_t expected = 0;
+      if (!users.compare_exchange_strong(expected, -1, std::memory_order_acquire)) busy();
+      return;
+    }
+    int32_t v = users.load(std::memory_order_relaxed);
+    do {
+      if (v < 0) busy();
+    } while (!users.compare_exchange_weak(v, v + 1, std::memory_order_acquire));
+  }
+  ~Access() {
+    if (exclusive_) {
+      users_.store(0, std::memory_order_release);
+    } else {
+      users_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+  Access(const Access&) = delete;
+  Access& operator=(const Access&) = delete;
+
+ private:
+  [[noreturn]] static void busy() {
+    fail(Status::state,
+         "the layer is in use by another thread; only inference-mode bn_forward and bn_get_param may run "
+         "concurrently on one layer");
+  }
+  std::atomic<int32_t>& users_;
+  bool exclusive_;
+};
+
+template <class T>
+inline PerFeature<T>& Layer::inference_constants() {
+  if constexpr (std::is_same_v<T, float>) return infer_f32_; else return infer_f64_;
+}
+template <class T>
+inline const PerFeature<T>& Layer::inference_constants() const {
+  if constexpr (std::is_same_v<T, float>) return infer_f32_; else return infer_f64_;
+}
+template <class T>
+inline PerFeature<T>& Layer::call_constants() {
+  if constexpr (std::is_same_v<T, float>) return call_f32_; else return call_f64_;
+}
+template <class T>
+inline PerFeature<T>& Layer::relu_constants() {
+  if constexpr (std::is_same_v<T, float>) return relu_f32_; else return relu_f64_;
+}
+
+}  // namespace bn
