@@ -266,16 +266,6 @@ TEST_CASE("a non-finite adjustment fails the forward and changes nothing", "[lay
 // Finite differences (f64): the adjustment does not depend on x (it gets only the shape), so
 // the layer's own training forward is differentiated, through the batch mean and variance.
 // dL/dgamma = sum dy*(a_s*xhat + a_b) and dx scales with g*a_s (B.7).
-double central_difference(std::vector<double>& v, size_t i, const std::function<double()>& f) {
-  const double old = v[i];
-  const double h = 1e-5 * std::max(1.0, std::fabs(old));
-  v[i] = old + h;
-  const double up = f();
-  v[i] = old - h;
-  const double down = f();
-  v[i] = old;
-  return (up - down) / (2.0 * h);
-}
 
 TEST_CASE("adjustment finite differences", "[layer][adjustment][gradients]") {
   struct Case {

@@ -330,16 +330,6 @@ TEST_CASE("ghost batch sweep against the reference model", "[layer][ghost][sweep
 // Finite differences (f64), per ghost batch: without renorm the layer's own training forward
 // is differentiated (through each ghost's mean and variance); with renorm, a forward with r
 // and d frozen at the values of the unperturbed input, from the ghost-averaged statistics.
-double central_difference(std::vector<double>& v, size_t i, const std::function<double()>& f) {
-  const double old = v[i];
-  const double h = 1e-5 * std::max(1.0, std::fabs(old));
-  v[i] = old + h;
-  const double up = f();
-  v[i] = old - h;
-  const double down = f();
-  v[i] = old;
-  return (up - down) / (2.0 * h);
-}
 
 TEST_CASE("ghost batch finite differences", "[layer][ghost][gradients]") {
   struct Case {

@@ -44,16 +44,6 @@ double loss(const std::vector<double>& w, const std::vector<double>& y) {
 }
 
 // Central difference of f along one coordinate of v (v is restored afterwards).
-double central_difference(std::vector<double>& v, size_t i, const std::function<double()>& f) {
-  const double old = v[i];
-  const double h = 1e-5 * std::max(1.0, std::fabs(old));
-  v[i] = old + h;
-  const double up = f();
-  v[i] = old - h;
-  const double down = f();
-  v[i] = old;
-  return (up - down) / (2.0 * h);
-}
 
 void check_gradients(const GradCase& gc, bool training) {
   INFO(describe(gc) << (training ? " training" : " inference"));

@@ -446,16 +446,6 @@ struct FdCase {
   bool scale = true;
 };
 
-double central_difference(std::vector<double>& v, size_t i, const std::function<double()>& f) {
-  const double old = v[i];
-  const double h = 1e-5 * std::max(1.0, std::fabs(old));
-  v[i] = old + h;
-  const double up = f();
-  v[i] = old - h;
-  const double down = f();
-  v[i] = old;
-  return (up - down) / (2.0 * h);
-}
 
 TEST_CASE("renorm finite differences with r and d frozen", "[layer][renorm][gradients]") {
   const std::vector<FdCase> cases{

@@ -1,10 +1,27 @@
 // Element-wise comparisons that report the first mismatch (for INFO on failure).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace bn_test {
+
+// Central finite difference of f() in v[i], with a step of 1e-5 relative to |v[i]| (at least
+// 1e-5); v[i] is restored.
+inline double central_difference(std::vector<double>& v, size_t i, const std::function<double()>& f) {
+  const double old = v[i];
+  const double h = 1e-5 * std::max(1.0, std::fabs(old));
+  v[i] = old + h;
+  const double up = f();
+  v[i] = old - h;
+  const double down = f();
+  v[i] = old;
+  return (up - down) / (2.0 * h);
+}
+
 
 struct Comparison {
   bool ok = true;
