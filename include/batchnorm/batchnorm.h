@@ -1,4 +1,5 @@
-/*
+/**
+ * \file
  * libbatchnorm — batch normalization with the exact semantics of the Keras
  * BatchNormalization layer, behind a stable C ABI.
  *
@@ -30,19 +31,20 @@ extern "C" {
 #endif
 
 #if defined(_WIN32)
-#define BN_API
+#define BN_API /**< Marks the exported functions. */
 #elif defined(__GNUC__) || defined(__clang__)
-#define BN_API __attribute__((visibility("default")))
+#define BN_API __attribute__((visibility("default"))) /**< Marks the exported functions. */
 #else
-#define BN_API
+#define BN_API /**< Marks the exported functions. */
 #endif
 
 /* ------------------------------------------------------------------------ */
 /* Versions                                                                  */
 /* ------------------------------------------------------------------------ */
-#define BN_VERSION_MAJOR 1
-#define BN_VERSION_MINOR 0
-#define BN_VERSION_PATCH 0
+#define BN_VERSION_MAJOR 1 /**< Major version of this header (the SONAME). */
+#define BN_VERSION_MINOR 0 /**< Minor version of this header. */
+#define BN_VERSION_PATCH 0 /**< Patch version of this header. */
+/** This header's version as bn_version() reports the library's. */
 #define BN_VERSION_NUMBER (BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH)
 
 /** MAJOR*10000 + MINOR*100 + PATCH of the loaded library (compare with BN_VERSION_NUMBER). */
@@ -53,17 +55,18 @@ BN_API const char* bn_version_string(void);
 /* ------------------------------------------------------------------------ */
 /* Status codes                                                              */
 /* ------------------------------------------------------------------------ */
+/** Result of every function that can fail: BN_OK or one of BN_ERR_*. */
 typedef int32_t bn_status;
-#define BN_OK 0
-#define BN_ERR_INVALID_ARGUMENT 1 /* NULL pointer, value out of range, unknown constant */
-#define BN_ERR_SHAPE 2            /* shape does not fit the layer or the call */
-#define BN_ERR_STATE 3            /* not valid now, e.g. backward with no matching forward */
-#define BN_ERR_OUT_OF_MEMORY 4
-#define BN_ERR_UNSUPPORTED 5      /* a valid request this build cannot serve (yet) */
-#define BN_ERR_CORRUPT_DATA 6     /* loading a damaged or foreign state blob */
-#define BN_ERR_CALLBACK 7         /* a user callback reported failure */
-#define BN_ERR_NONFINITE 8        /* non-finite batch statistics refused */
-#define BN_ERR_INTERNAL 9
+#define BN_OK 0 /**< Success. */
+#define BN_ERR_INVALID_ARGUMENT 1 /**< NULL pointer, value out of range, unknown constant */
+#define BN_ERR_SHAPE 2            /**< shape does not fit the layer or the call */
+#define BN_ERR_STATE 3            /**< not valid now, e.g. backward with no matching forward */
+#define BN_ERR_OUT_OF_MEMORY 4 /**< an allocation failed */
+#define BN_ERR_UNSUPPORTED 5      /**< a valid request this build cannot serve (yet) */
+#define BN_ERR_CORRUPT_DATA 6     /**< loading a damaged or foreign state blob */
+#define BN_ERR_CALLBACK 7         /**< a user callback reported failure */
+#define BN_ERR_NONFINITE 8        /**< non-finite batch statistics refused */
+#define BN_ERR_INTERNAL 9 /**< a bug in the library (please report it) */
 
 /** Name of a status, e.g. "BN_ERR_SHAPE"; "BN_UNKNOWN_STATUS" for other values. Never NULL. */
 BN_API const char* bn_status_string(bn_status status);
@@ -73,7 +76,7 @@ BN_API const char* bn_last_error(void);
 /* ------------------------------------------------------------------------ */
 /* Enumerations                                                              */
 /* ------------------------------------------------------------------------ */
-/* Element types. x, y, dy, dx (and residual, dresidual) are of the layer's dtype. Parameters,
+/** Element types. x, y, dy, dx (and residual, dresidual) are of the layer's dtype. Parameters,
  * statistics and parameter gradients are double for BN_F64 layers and float for every other
  * dtype, BN_BF16 and BN_F16 included (16-bit activations, 32-bit statistics, as Keras' mixed
  * precision). 16-bit tensors are arrays of uint16_t holding the raw bits: IEEE 754 binary16
@@ -81,88 +84,89 @@ BN_API const char* bn_last_error(void);
  * its inputs to float, computes in float (statistics accumulated in double) and rounds each
  * output once to the 16-bit type, to nearest even; out-of-range results become inf, NaN stays NaN. */
 typedef int32_t bn_dtype;
-#define BN_F32 0
-#define BN_F64 1
-#define BN_BF16 2 /* bfloat16 tensors (uint16_t bits), float parameters */
-#define BN_F16 3  /* IEEE half tensors (uint16_t bits), float parameters */
+#define BN_F32 0 /**< float tensors and parameters */
+#define BN_F64 1 /**< double tensors and parameters */
+#define BN_BF16 2 /**< bfloat16 tensors (uint16_t bits), float parameters */
+#define BN_F16 3  /**< IEEE half tensors (uint16_t bits), float parameters */
 
-/* Keras' `fused` argument: selects the fused path's observable semantics
+/** Keras' `fused` argument: selects the fused path's observable semantics
  * (Bessel-corrected moving variance, epsilon clamped to >= 1.001e-5). */
 typedef int32_t bn_fused;
-#define BN_FUSED_AUTO 0 /* Keras fused=None */
-#define BN_FUSED_ON 1   /* Keras fused=True */
-#define BN_FUSED_OFF 2  /* Keras fused=False */
+#define BN_FUSED_AUTO 0 /**< Keras fused=None */
+#define BN_FUSED_ON 1   /**< Keras fused=True */
+#define BN_FUSED_OFF 2  /**< Keras fused=False */
 
-/* Which Keras class the layer follows. */
+/** Which Keras class the layer follows. */
 typedef int32_t bn_keras_rules;
-#define BN_KERAS_V1 0 /* tf.compat.v1.keras.layers.BatchNormalization (default) */
-#define BN_KERAS_V2 1 /* TF2 tf.keras.layers.BatchNormalization */
+#define BN_KERAS_V1 0 /**< tf.compat.v1.keras.layers.BatchNormalization (default) */
+#define BN_KERAS_V2 1 /**< TF2 tf.keras.layers.BatchNormalization */
 
-/* Estimator that feeds the moving variance. */
+/** Estimator that feeds the moving variance. */
 typedef int32_t bn_moving_variance;
-#define BN_MOVING_VARIANCE_AUTO 0     /* as `fused` decides (Keras) */
-#define BN_MOVING_VARIANCE_BIASED 1   /* population variance (ONNX) */
-#define BN_MOVING_VARIANCE_UNBIASED 2 /* Bessel-corrected m/(m-1) (PyTorch) */
+#define BN_MOVING_VARIANCE_AUTO 0     /**< as `fused` decides (Keras) */
+#define BN_MOVING_VARIANCE_BIASED 1   /**< population variance (ONNX) */
+#define BN_MOVING_VARIANCE_UNBIASED 2 /**< Bessel-corrected m/(m-1) (PyTorch) */
 
-/* Training with one value per feature (m == 1). */
+/** Training with one value per feature (m == 1). */
 typedef int32_t bn_single_value_policy;
-#define BN_SINGLE_VALUE_COMPUTE 0 /* Keras: variance 0, y = beta */
-#define BN_SINGLE_VALUE_REJECT 1  /* PyTorch: BN_ERR_SHAPE, nothing changed */
+#define BN_SINGLE_VALUE_COMPUTE 0 /**< Keras: variance 0, y = beta */
+#define BN_SINGLE_VALUE_REJECT 1  /**< PyTorch: BN_ERR_SHAPE, nothing changed */
 
-/* Mode flags (bn_set_mode), orthogonal switches beyond Keras' training/trainable presets. */
+/** Mode flags (bn_set_mode), orthogonal switches beyond Keras' training/trainable presets. */
 typedef int32_t bn_mode;
-#define BN_MODE_BATCH_STATISTICS 1 /* normalize with the batch statistics (else the moving ones) */
-#define BN_MODE_UPDATE_MOVING 2    /* a forward updates the moving (and renorm) statistics */
-#define BN_MODE_PARAM_GRADIENTS 4  /* bn_backward reports dgamma/dbeta (else zeros) */
+#define BN_MODE_BATCH_STATISTICS 1 /**< normalize with the batch statistics (else the moving ones) */
+#define BN_MODE_UPDATE_MOVING 2    /**< a forward updates the moving (and renorm) statistics */
+#define BN_MODE_PARAM_GRADIENTS 4  /**< bn_backward reports dgamma/dbeta (else zeros) */
 
-/* Parameters and statistics, for bn_get_param / bn_set_param. */
+/** Parameters and statistics, for bn_get_param / bn_set_param. */
 typedef int32_t bn_param;
-#define BN_PARAM_GAMMA 0
-#define BN_PARAM_BETA 1
-#define BN_PARAM_MOVING_MEAN 2
-#define BN_PARAM_MOVING_VARIANCE 3
-#define BN_PARAM_RENORM_MEAN 4
-#define BN_PARAM_RENORM_STDDEV 5
-#define BN_PARAM_BATCH_MEAN 6     /* read-only: the last training forward's batch mean */
-#define BN_PARAM_BATCH_VARIANCE 7 /* read-only: its biased batch variance */
-#define BN_PARAM_MOVING_STDDEV 8  /* renorm only: Keras' moving_stddev variable */
+#define BN_PARAM_GAMMA 0 /**< gamma, the scale */
+#define BN_PARAM_BETA 1 /**< beta, the offset */
+#define BN_PARAM_MOVING_MEAN 2 /**< the moving mean */
+#define BN_PARAM_MOVING_VARIANCE 3 /**< the moving variance */
+#define BN_PARAM_RENORM_MEAN 4 /**< renorm only: Keras' renorm_mean variable */
+#define BN_PARAM_RENORM_STDDEV 5 /**< renorm only: Keras' renorm_stddev variable */
+#define BN_PARAM_BATCH_MEAN 6     /**< read-only: the last training forward's batch mean */
+#define BN_PARAM_BATCH_VARIANCE 7 /**< read-only: its biased batch variance */
+#define BN_PARAM_MOVING_STDDEV 8  /**< renorm only: Keras' moving_stddev variable */
 
-/* Initializers (Keras *_initializer), for bn_config_set_initializer. The arguments a and b
+/** Initializers (Keras *_initializer), for bn_config_set_initializer. The arguments a and b
  * are given per kind; Keras' defaults are noted. */
 typedef int32_t bn_initializer;
-#define BN_INITIALIZER_ZEROS 0            /* Keras zeros */
-#define BN_INITIALIZER_ONES 1             /* Keras ones */
-#define BN_INITIALIZER_CONSTANT 2         /* a = value (Keras Constant(0)) */
-#define BN_INITIALIZER_RANDOM_NORMAL 3    /* a = mean, b = stddev > 0 (Keras 0, 0.05) */
-#define BN_INITIALIZER_RANDOM_UNIFORM 4   /* a = minval <= b = maxval (Keras -0.05, 0.05) */
-#define BN_INITIALIZER_TRUNCATED_NORMAL 5 /* a = mean, b = stddev > 0 (Keras 0, 0.05); draws
+#define BN_INITIALIZER_ZEROS 0            /**< Keras zeros */
+#define BN_INITIALIZER_ONES 1             /**< Keras ones */
+#define BN_INITIALIZER_CONSTANT 2         /**< a = value (Keras Constant(0)) */
+#define BN_INITIALIZER_RANDOM_NORMAL 3    /**< a = mean, b = stddev > 0 (Keras 0, 0.05) */
+#define BN_INITIALIZER_RANDOM_UNIFORM 4   /**< a = minval <= b = maxval (Keras -0.05, 0.05) */
+#define BN_INITIALIZER_TRUNCATED_NORMAL 5 /**< a = mean, b = stddev > 0 (Keras 0, 0.05); draws
                                              beyond 2 stddev are redrawn */
 
-/* Constraints (Keras *_constraint), for bn_config_set_constraint. */
+/** Constraints (Keras *_constraint), for bn_config_set_constraint. */
 typedef int32_t bn_constraint;
-#define BN_CONSTRAINT_NONE 0         /* no constraint (default) */
-#define BN_CONSTRAINT_NON_NEG 1      /* w * (w >= 0) (Keras 2 NonNeg) */
-#define BN_CONSTRAINT_UNIT_NORM 2    /* w / (e + norms) */
-#define BN_CONSTRAINT_MAX_NORM 3     /* w * (min(norms, max_value) / (e + norms)) */
-#define BN_CONSTRAINT_MIN_MAX_NORM 4 /* w * ((rate*clip(norms, min_value, max_value)
+#define BN_CONSTRAINT_NONE 0         /**< no constraint (default) */
+#define BN_CONSTRAINT_NON_NEG 1      /**< w * (w >= 0) (Keras 2 NonNeg) */
+#define BN_CONSTRAINT_UNIT_NORM 2    /**< w / (e + norms) */
+#define BN_CONSTRAINT_MAX_NORM 3     /**< w * (min(norms, max_value) / (e + norms)) */
+#define BN_CONSTRAINT_MIN_MAX_NORM 4 /**< w * ((rate*clip(norms, min_value, max_value)
                                         + (1 - rate)*norms) / (e + norms)) */
 
 /* ------------------------------------------------------------------------ */
 /* Callbacks                                                                 */
 /* ------------------------------------------------------------------------ */
-/* Keras `adjustment`: called once per training-mode forward with the input shape;
+/** Keras `adjustment`: called once per training-mode forward with the input shape;
  * scale and bias arrive filled with 1 and 0 (num_features each). A non-BN_OK return
  * fails the forward with BN_ERR_CALLBACK and changes nothing. Must not unwind. */
 typedef bn_status (*bn_adjustment_fn)(void* user_data, const int64_t* shape, int32_t ndim,
                                       double* scale, double* bias, int64_t num_features);
 
-/* Cross-replica statistics: sums `count` doubles in place across all replicas.
+/** Cross-replica statistics: sums `count` doubles in place across all replicas.
  * A collective: every replica calls it the same number of times with the same count. */
 typedef bn_status (*bn_allreduce_fn)(void* user_data, double* buffer, int64_t count);
 
 /* ------------------------------------------------------------------------ */
 /* Configuration: an opaque builder                                          */
 /* ------------------------------------------------------------------------ */
+/** Opaque configuration builder (bn_config_create, bn_create). */
 typedef struct bn_config bn_config;
 
 /** Creates a config with the defaults of the Keras layer: axis -1, momentum 0.99,
@@ -223,7 +227,7 @@ BN_API bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, voi
  * are ignored at bn_create, as Keras ignores them. Setting a kind again replaces it. */
 /** Initializer of `which` (BN_PARAM_GAMMA, _BETA, _MOVING_MEAN or _MOVING_VARIANCE), applied
  *  at bn_create; unset parameters keep gamma 1, beta 0, moving mean 0, moving variance 1.
- *  a and b: see BN_INITIALIZER_*; arguments a kind does not use are not read, nor is the
+ *  a and b: see `BN_INITIALIZER_*`; arguments a kind does not use are not read, nor is the
  *  seed of ZEROS, ONES and CONSTANT. For the moving variance only kinds that cannot draw a
  *  negative value are accepted: ZEROS, ONES, CONSTANT with a >= 0, RANDOM_UNIFORM with
  *  a >= 0, TRUNCATED_NORMAL with a >= 2*b (RANDOM_NORMAL is refused).
@@ -260,6 +264,7 @@ BN_API bn_status bn_config_set_constraint(bn_config* cfg, bn_param which, bn_con
 /* ------------------------------------------------------------------------ */
 /* The layer                                                                 */
 /* ------------------------------------------------------------------------ */
+/** Opaque layer: parameters, statistics and the saved forward (bn_create). */
 typedef struct bn_layer bn_layer;
 
 /** Builds a layer for inputs like `input_shape` (1 <= ndim <= 8, sizes >= 0; the sizes
