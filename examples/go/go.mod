@@ -1,0 +1,3 @@
+module libbatchnorm.example/batchnorm
+
+go 1.19
