@@ -18,6 +18,8 @@
  *    never keeps a pointer to them.
  *  - Counts are in elements, not bytes. Tensors are dense and row-major (C order).
  *  - Every enumeration is an int32_t with pinned values that never change.
+ *  - Every function and constant here appeared in version 1.0.0 unless its comment names a
+ *    later version.
  *
  * Semantics: see README.md ("Semantics") and the SEMANTICS specification.
  */
