@@ -127,4 +127,21 @@ check_depends() {  # check_depends <Depends field>
 }
 check_depends "$rt_depends"
 check_depends "$dev_depends"
+
+# --- in CI (CI=true, root, nothing of ours installed): apt install ./both.deb for real, build
+#     and run the consumers against the system install, then purge them again. A developer's
+#     run never touches the machine. ---
+if [ "${CI:-}" = "true" ] && [ "$(id -u)" -eq 0 ] && ! dpkg-query -W "$runtime" >/dev/null 2>&1; then
+  echo "== CI: apt install ./$(basename "$rt_deb") ./$(basename "$dev_deb")"
+  trap 'DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "$dev" "$runtime" >/dev/null 2>&1 || true' EXIT
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$(readlink -f "$rt_deb")" "$(readlink -f "$dev_deb")" >/dev/null ||
+    fail "apt-get install of the packages failed"
+  cmake -S "$source_dir/tests/package/consumer" -B "$work/system" >/dev/null
+  cmake --build "$work/system" >/dev/null
+  "$work/system/consumer"
+  "$work/system/consumer_cpp"
+  cc -std=c99 -Wall -Werror "$source_dir/tests/package/consumer/main.c" -o "$work/sys_pc_consumer" \
+    $(env -u PKG_CONFIG_PATH pkg-config --cflags --libs batchnorm) -lm
+  "$work/sys_pc_consumer"
+fi
 echo "== both packages built, split, unpacked and consumed"
