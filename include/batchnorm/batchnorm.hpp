@@ -117,6 +117,7 @@ class [[nodiscard]] Status {
   /// A status and its message (the wrapper builds these from the failing C call).
   Status(bn_status status, std::string message) : status_(status), message_(std::move(message)) {}
 
+  /// The bn_status (BN_OK on success).
   bn_status status() const noexcept { return status_; }
   /// The message of the failing call ("" on success), e.g. "bn_forward: ndim=3 but ...".
   const std::string& message() const noexcept { return message_; }
@@ -124,6 +125,7 @@ class [[nodiscard]] Status {
   const char* name() const noexcept { return bn_status_string(status_); }
   /// True for BN_OK; `if (!st)` tests for failure.
   bool ok() const noexcept { return status_ == BN_OK; }
+  /// True on success.
   explicit operator bool() const noexcept { return ok(); }
 
  private:
@@ -136,6 +138,7 @@ class [[nodiscard]] Status {
 /// (bn_last_error() at that moment, or the wrapper's own message for its checks).
 class Error : public std::runtime_error {
  public:
+  /// An error with its status and message (normally thrown by the wrapper, not built by callers).
   Error(bn_status status, const std::string& message)
       : std::runtime_error(message.empty() ? std::string(bn_status_string(status)) : message), status_(status) {}
   /// The C status, never BN_OK.
@@ -194,10 +197,15 @@ class Span {
 
   /// Element access; no bounds check, as std::span.
   T* data() const noexcept { return data_; }
+  /// Number of elements.
   std::size_t size() const noexcept { return size_; }
+  /// True when there are no elements.
   bool empty() const noexcept { return size_ == 0; }
+  /// Element i (unchecked).
   T& operator[](std::size_t i) const noexcept { return data_[i]; }
+  /// First element.
   T* begin() const noexcept { return data_; }
+  /// Past the last element.
   T* end() const noexcept { return data_ + size_; }
 
  private:
@@ -215,23 +223,27 @@ Span(C&&) -> Span<std::remove_pointer_t<decltype(std::declval<C&>().data())>>;
 /// keeps its ndim() and is refused (BN_ERR_SHAPE) by every call it is passed to.
 class Shape {
  public:
+  /// The largest rank the library accepts.
   static constexpr int32_t max_rank = 8;
 
   /// Rank 0 (refused by every call).
   Shape() noexcept = default;
   /// The sizes copied from a list, a pointer and a count, or a container of int64_t.
   Shape(std::initializer_list<int64_t> dims) noexcept : Shape(dims.begin(), dims.size()) {}
+  /// A shape from ndim sizes at dims (at most max_rank).
   Shape(const int64_t* dims, std::size_t ndim) noexcept
       : ndim_(ndim > static_cast<std::size_t>(max_rank) ? max_rank + 1 : static_cast<int32_t>(ndim)) {
     for (std::size_t i = 0; i < ndim && i < static_cast<std::size_t>(max_rank); ++i) dims_[i] = dims[i];
   }
   template <class C, class = std::enable_if_t<
                          std::is_convertible<decltype(std::declval<const C&>().data()), const int64_t*>::value>>
+  /// A shape from any container of sizes (std::vector<int64_t>, std::array, ...).
   Shape(const C& dims) noexcept : Shape(dims.data(), dims.size()) {}
 
   /// The sizes, ndim() of them (max_rank + 1 for a shape that was too long, of which only
   /// the first max_rank are kept).
   const int64_t* data() const noexcept { return dims_; }
+  /// The number of dimensions.
   int32_t ndim() const noexcept { return ndim_; }
   /// Size i, for i < min(ndim(), max_rank).
   int64_t operator[](std::size_t i) const noexcept { return dims_[i]; }
@@ -255,6 +267,7 @@ class Shape {
     }
     return true;
   }
+  /// Shapes differ in rank or in a size.
   friend bool operator!=(const Shape& a, const Shape& b) noexcept { return !(a == b); }
 
  private:
@@ -267,7 +280,9 @@ class Shape {
 /// data pointer stands for "skip this output" where the C API accepts NULL.
 template <class T>
 struct TensorView {
+  /// First element of the tensor.
   T* data = nullptr;
+  /// Its shape (row-major).
   Shape shape;
 
   /// Null data: "skip" for an output.
@@ -303,6 +318,7 @@ class Config {
       : handle_(std::exchange(other.handle_, nullptr)), dtype_(other.dtype_), status_(std::move(other.status_)) {
     other.status_ = Status();
   }
+  /// Move assignment: releases this config, takes the other's handle.
   Config& operator=(Config&& other) noexcept {
     if (this != &other) {
       bn_config_destroy(handle_);
@@ -318,6 +334,7 @@ class Config {
 
   /// The handle for raw C calls (still owned by this Config); NULL after a move.
   bn_config* get() noexcept { return handle_; }
+  /// The C handle (still owned by this object).
   const bn_config* get() const noexcept { return handle_; }
   /// Gives up ownership: the caller must bn_config_destroy the result.
   bn_config* release() noexcept { return std::exchange(handle_, nullptr); }
@@ -333,6 +350,7 @@ class Config {
     if (!live()) return *this;
     return record(bn_config_set_axes(handle_, axes.data(), count(axes.size())));
   }
+  /// bn_config_set_axes from a brace list, e.g. `set_axes({1, 3})`.
   Config& set_axes(std::initializer_list<int32_t> axes) {
     return set_axes(Span<const int32_t>(axes.begin(), axes.size()));
   }
@@ -409,6 +427,7 @@ class Config {
     return record(
         bn_config_set_constraint(handle_, which, kind, min_value, max_value, rate, axes.data(), count(axes.size())));
   }
+  /// bn_config_set_constraint with the axes as a brace list.
   Config& set_constraint(bn_param which, bn_constraint kind, double min_value, double max_value, double rate,
                          std::initializer_list<int32_t> axes) {
     return set_constraint(which, kind, min_value, max_value, rate, Span<const int32_t>(axes.begin(), axes.size()));
@@ -467,6 +486,7 @@ class Layer {
   /// Moves take the handle and the dtype; the source is left empty. Assigning destroys the
   /// layer held before.
   Layer(Layer&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)), dtype_(other.dtype_) {}
+  /// Move assignment: releases this layer, takes the other's handle.
   Layer& operator=(Layer&& other) noexcept {
     if (this != &other) {
       bn_destroy(handle_);
@@ -482,6 +502,7 @@ class Layer {
   bn_layer* get() noexcept {
     return handle_;
   }
+  /// The C handle (still owned by this object).
   const bn_layer* get() const noexcept {
     return handle_;
   }
@@ -554,6 +575,7 @@ class Layer {
   Result forward(const Shape& shape, const float* x, float* y) {
     return forward_impl<float>("forward", shape, x, y);
   }
+  /// As above, for float64 layers.
   Result forward(const Shape& shape, const double* x, double* y) {
     return forward_impl<double>("forward", shape, x, y);
   }
@@ -561,6 +583,7 @@ class Layer {
   Result forward(TensorView<const float> x, TensorView<float> y) {
     return forward_view<float>(x, y);
   }
+  /// As above, for float64 layers (views).
   Result forward(TensorView<const double> x, TensorView<double> y) {
     return forward_view<double>(x, y);
   }
@@ -572,6 +595,7 @@ class Layer {
                   float* dbeta = nullptr) {
     return backward_impl<float>("backward", shape, x, dy, dx, dgamma, dbeta);
   }
+  /// As above, for float64 layers.
   Result backward(const Shape& shape, const double* x, const double* dy, double* dx, double* dgamma = nullptr,
                   double* dbeta = nullptr) {
     return backward_impl<double>("backward", shape, x, dy, dx, dgamma, dbeta);
@@ -582,6 +606,7 @@ class Layer {
                   Span<float> dbeta = {}) {
     return backward_view<float>(x, dy, dx, dgamma, dbeta);
   }
+  /// As above, for float64 layers (views).
   Result backward(TensorView<const double> x, TensorView<const double> dy, TensorView<double> dx,
                   Span<double> dgamma = {}, Span<double> dbeta = {}) {
     return backward_view<double>(x, dy, dx, dgamma, dbeta);
@@ -591,6 +616,7 @@ class Layer {
   Result forward_residual(const Shape& shape, const float* x, const float* residual, float* y) {
     return residual_impl<float>(shape, x, residual, y);
   }
+  /// As above, for float64 layers.
   Result forward_residual(const Shape& shape, const double* x, const double* residual, double* y) {
     return residual_impl<double>(shape, x, residual, y);
   }
@@ -598,6 +624,7 @@ class Layer {
   Result forward_residual(TensorView<const float> x, TensorView<const float> residual, TensorView<float> y) {
     return residual_view<float>(x, residual, y);
   }
+  /// As above, for float64 layers (views).
   Result forward_residual(TensorView<const double> x, TensorView<const double> residual, TensorView<double> y) {
     return residual_view<double>(x, residual, y);
   }
@@ -608,6 +635,7 @@ class Layer {
                            float* dresidual = nullptr, float* dgamma = nullptr, float* dbeta = nullptr) {
     return backward_residual_impl<float>("backward_residual", shape, x, y, dy, dx, dresidual, dgamma, dbeta);
   }
+  /// As above, for float64 layers.
   Result backward_residual(const Shape& shape, const double* x, const double* y, const double* dy, double* dx,
                            double* dresidual = nullptr, double* dgamma = nullptr, double* dbeta = nullptr) {
     return backward_residual_impl<double>("backward_residual", shape, x, y, dy, dx, dresidual, dgamma, dbeta);
@@ -619,6 +647,7 @@ class Layer {
                            Span<float> dbeta = {}) {
     return backward_residual_view<float>(x, y, dy, dx, dresidual, dgamma, dbeta);
   }
+  /// As above, for float64 layers (views).
   Result backward_residual(TensorView<const double> x, TensorView<const double> y, TensorView<const double> dy,
                            TensorView<double> dx, TensorView<double> dresidual = {}, Span<double> dgamma = {},
                            Span<double> dbeta = {}) {
@@ -629,6 +658,7 @@ class Layer {
   Result get_param(bn_param which, Span<float> out) const {
     return get_param_impl<float>(which, out);
   }
+  /// As above, for float64 layers.
   Result get_param(bn_param which, Span<double> out) const {
     return get_param_impl<double>(which, out);
   }
@@ -636,6 +666,7 @@ class Layer {
   Result get_param(bn_param which, std::vector<float>& out) const {
     return get_param_vector<float>(which, out);
   }
+  /// As above, for float64 layers.
   Result get_param(bn_param which, std::vector<double>& out) const {
     return get_param_vector<double>(which, out);
   }
@@ -653,6 +684,7 @@ class Layer {
   Result set_param(bn_param which, Span<const float> values) {
     return set_param_impl<float>(which, values);
   }
+  /// As above, for float64 layers.
   Result set_param(bn_param which, Span<const double> values) {
     return set_param_impl<double>(which, values);
   }
@@ -661,6 +693,7 @@ class Layer {
   Result fold(Span<float> scale, Span<float> shift) const {
     return fold_impl<float>(scale, shift);
   }
+  /// As above, for float64 layers.
   Result fold(Span<double> scale, Span<double> shift) const {
     return fold_impl<double>(scale, shift);
   }
@@ -668,6 +701,7 @@ class Layer {
   Result fold(std::vector<float>& scale, std::vector<float>& shift) const {
     return fold_vector<float>(scale, shift);
   }
+  /// As above, for float64 layers.
   Result fold(std::vector<double>& scale, std::vector<double>& shift) const {
     return fold_vector<double>(scale, shift);
   }
@@ -678,6 +712,7 @@ class Layer {
                    Span<float> bias_out) const {
     return fold_into_impl<float>(weights, weights_per_feature, bias, bias_out);
   }
+  /// As above, for float64 layers.
   Result fold_into(Span<double> weights, int64_t weights_per_feature, Span<const double> bias,
                    Span<double> bias_out) const {
     return fold_into_impl<double>(weights, weights_per_feature, bias, bias_out);
