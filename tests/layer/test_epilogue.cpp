@@ -165,6 +165,12 @@ TEST_CASE("fused residual without ReLU passes the gradient through", "[epilogue]
   REQUIRE(bn_backward_residual(layer, c.shape.data(), 3, x.data(), y.data(), dy.data(), nullptr, dres.data(), nullptr,
                                nullptr) == BN_OK);
   CHECK(same_bits(dres, dy));
+  // dx and dresidual may not share a buffer.
+  std::vector<float> both(n, 7.0f);
+  CHECK(bn_backward_residual(layer, c.shape.data(), 3, x.data(), y.data(), dy.data(), both.data(), both.data(), nullptr,
+                             nullptr) == BN_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(bn_last_error()).find("dresidual") != std::string::npos);
+  for (float v : both) CHECK(v == 7.0f);
   bn_destroy(layer);
   bn_destroy(plain);
 }
