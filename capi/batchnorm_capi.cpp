@@ -11,10 +11,12 @@
 #include <vector>
 
 #include "batchnorm/batchnorm.h"
+#include "io/file.hpp"
 #include "layer/config.hpp"
 #include "layer/error.hpp"
 #include "layer/keras_params.hpp"
 #include "layer/layer.hpp"
+#include "layer/state_io.hpp"
 
 struct bn_config {
   bn::Config config;
@@ -37,6 +39,7 @@ static_assert(BN_ERR_CORRUPT_DATA == static_cast<int32_t>(bn::Status::corrupt_da
 static_assert(BN_ERR_CALLBACK == static_cast<int32_t>(bn::Status::callback), "status");
 static_assert(BN_ERR_NONFINITE == static_cast<int32_t>(bn::Status::nonfinite), "status");
 static_assert(BN_ERR_INTERNAL == static_cast<int32_t>(bn::Status::internal), "status");
+static_assert(BN_F16 == static_cast<int32_t>(bn::DType::f16), "dtype");
 static_assert(BN_PARAM_MOVING_STDDEV == static_cast<int32_t>(bn::Param::moving_stddev), "param");
 static_assert(BN_MODE_BATCH_STATISTICS == bn::Layer::kBatchStatistics, "mode");
 static_assert(BN_MODE_UPDATE_MOVING == bn::Layer::kUpdateMoving, "mode");
@@ -128,6 +131,38 @@ void fold_into(const std::vector<double>& scale, const std::vector<double>& shif
     for (int64_t k = 0; row && k < per_feature; ++k) row[k] = static_cast<T>(static_cast<double>(row[k]) * scale[o]);
     const double b = bias ? static_cast<double>(bias[o]) : 0.0;
     bias_out[o] = static_cast<T>(b * scale[o] + shift[o]);
+  }
+}
+
+// A state blob in the caller's memory.
+void require_blob(const void* data, int64_t size) {
+  require(data, "data");
+  if (size < 0) invalid("size=" + std::to_string(size) + " but it must be >= 0");
+}
+
+const uint8_t* bytes_of(const void* data) { return static_cast<const uint8_t*>(data); }
+
+// A state file's bytes: a foreign or inconsistent file is refused from its header.
+std::vector<uint8_t> read_state_file(const char* path) {
+  require(path, "path");
+  const std::string file(path);
+  try {
+    return bn::io::read_file(file, bn::kStateHeaderSize, [](const uint8_t* p, size_t n, uint64_t file_size) {
+      bn::check_state_prefix(p, n, file_size);
+    });
+  } catch (const bn::Error& e) {
+    if (e.status() != bn::Status::corrupt_data) throw;
+    bn::fail(e.status(), "'" + file + "': " + e.what());
+  }
+}
+
+// Decodes a file's bytes, naming the file in a refusal.
+bn::LayerState decode_file(const char* path, const std::vector<uint8_t>& bytes) {
+  try {
+    return bn::decode_state(bytes.data(), bytes.size());
+  } catch (const bn::Error& e) {
+    if (e.status() != bn::Status::corrupt_data) throw;
+    bn::fail(e.status(), "'" + std::string(path) + "': " + e.what());
   }
 }
 
@@ -601,6 +636,97 @@ bn_status bn_apply_constraints(bn_layer* layer) {
   return guarded("bn_apply_constraints", [&] {
     require(layer, "layer");
     layer->layer.apply_constraints();
+  });
+}
+
+// ---------------------------------------------------------------------------
+// State files
+
+bn_status bn_save(const bn_layer* layer, void* buffer, int64_t capacity, int64_t* size_out) {
+  return guarded("bn_save", [&] {
+    require(layer, "layer");
+    require(size_out, "size_out");
+    if (capacity < 0) invalid("capacity=" + std::to_string(capacity) + " but it must be >= 0");
+    if (!buffer && capacity != 0) {
+      invalid("buffer is NULL but capacity=" + std::to_string(capacity) + " (NULL and 0 query the size)");
+    }
+    const std::vector<uint8_t> blob = bn::encode_state(layer->layer.state(), BN_VERSION_NUMBER);
+    const auto size = static_cast<int64_t>(blob.size());
+    if (buffer) {
+      if (capacity < size) {
+        invalid("capacity=" + std::to_string(capacity) + " but the state needs " + std::to_string(size) +
+                " bytes (buffer NULL and capacity 0 query the size)");
+      }
+      std::memcpy(buffer, blob.data(), blob.size());
+    }
+    *size_out = size;
+  });
+}
+
+bn_status bn_load(bn_layer* layer, const void* data, int64_t size) {
+  return guarded("bn_load", [&] {
+    require(layer, "layer");
+    require_blob(data, size);
+    layer->layer.load(bn::decode_state(bytes_of(data), static_cast<size_t>(size)));
+  });
+}
+
+bn_status bn_create_from_state(const void* data, int64_t size, bn_layer** out) {
+  return guarded("bn_create_from_state", [&] {
+    require_blob(data, size);
+    require(out, "out");
+    const bn::LayerState state = bn::decode_state(bytes_of(data), static_cast<size_t>(size));
+    *out = new bn_layer(state, bn::Adjustment{});
+  });
+}
+
+bn_status bn_save_file(const bn_layer* layer, const char* path) {
+  return guarded("bn_save_file", [&] {
+    require(layer, "layer");
+    require(path, "path");
+    const std::vector<uint8_t> blob = bn::encode_state(layer->layer.state(), BN_VERSION_NUMBER);
+    bn::io::write_file_atomic(path, blob.data(), blob.size());
+  });
+}
+
+bn_status bn_load_file(bn_layer* layer, const char* path) {
+  return guarded("bn_load_file", [&] {
+    require(layer, "layer");
+    const std::vector<uint8_t> bytes = read_state_file(path);
+    layer->layer.load(decode_file(path, bytes));
+  });
+}
+
+bn_status bn_create_from_file(const char* path, bn_layer** out) {
+  return guarded("bn_create_from_file", [&] {
+    require(path, "path");
+    require(out, "out");
+    const std::vector<uint8_t> bytes = read_state_file(path);
+    const bn::LayerState state = decode_file(path, bytes);
+    *out = new bn_layer(state, bn::Adjustment{});
+  });
+}
+
+bn_status bn_get_dtype(const bn_layer* layer, bn_dtype* dtype_out) {
+  return guarded("bn_get_dtype", [&] {
+    require(layer, "layer");
+    require(dtype_out, "dtype_out");
+    *dtype_out = static_cast<bn_dtype>(layer->layer.dtype());
+  });
+}
+
+bn_status bn_get_step_count(const bn_layer* layer, int64_t* count_out) {
+  return guarded("bn_get_step_count", [&] {
+    require(layer, "layer");
+    require(count_out, "count_out");
+    *count_out = layer->layer.step_count();
+  });
+}
+
+bn_status bn_set_step_count(bn_layer* layer, int64_t count) {
+  return guarded("bn_set_step_count", [&] {
+    require(layer, "layer");
+    layer->layer.set_step_count(count);
   });
 }
 

@@ -377,6 +377,70 @@ BN_API bn_status bn_regularization_loss(const bn_layer* layer, double* loss_out)
  *  (sum w^2 overflowing a double) fails with BN_ERR_NONFINITE and changes nothing. */
 BN_API bn_status bn_apply_constraints(bn_layer* layer);
 
+/* ------------------------------------------------------------------------ */
+/* State files (since 1.1.0)                                                 */
+/* ------------------------------------------------------------------------ */
+/* A state blob holds everything a layer is, in the versioned little-endian format of
+ * docs/state_format.md, with a CRC-32C over all of it: the configuration (as last set, so
+ * bn_set_momentum, bn_set_renorm_* and bn_set_trainable count), the input shape it was built
+ * for and its fused-path decision, every parameter and statistic (gamma, beta, moving mean
+ * and variance, the renorm variables) bitwise in the parameter type, the training flag and
+ * mode flags, and the step counter (bn_get_step_count). Not in it: callbacks (adjustment),
+ * the thread bound (bn_set_num_threads), the saved forward and the last batch statistics.
+ * So a loaded layer has no saved forward (bn_backward needs a forward first) and BATCH_MEAN /
+ * BATCH_VARIANCE are unreadable until a training forward, as for a new layer; from there
+ * on it computes bitwise what the saved layer would have.
+ * A blob that is truncated, has trailing bytes, fails its checksum, is of another format
+ * version, is not a state at all, or passes its checksum but holds a value the library
+ * would not accept (an unknown constant, a non-finite or negative variance, a configuration
+ * bn_create refuses) is refused with BN_ERR_CORRUPT_DATA and a message saying which. */
+
+/** Writes the layer's state into `buffer` (`capacity` bytes) and its size in bytes to
+ *  *size_out. Size query: buffer NULL and capacity 0 writes only *size_out. A capacity below
+ *  the size is BN_ERR_INVALID_ARGUMENT (the message names the size; nothing is written, not
+ *  even *size_out). May run concurrently with inference-mode bn_forward and reads. Since 1.1.0. */
+BN_API bn_status bn_save(const bn_layer* layer, void* buffer, int64_t capacity, int64_t* size_out);
+/** Replaces the layer's configuration, parameters, statistics, training and mode flags and
+ *  step counter with those of a state blob of `size` bytes. The layer keeps its adjustment
+ *  callback and thread bound; its saved forward and batch statistics are dropped. The blob
+ *  must be of a layer of the same structure: BN_ERR_INVALID_ARGUMENT for another dtype,
+ *  center, scale, renorm or ghost batches on/off (or a fused decision or ghost batches this
+ *  layer's adjustment callback rules out); BN_ERR_SHAPE for another rank, other kept axes or
+ *  kept sizes. BN_ERR_CORRUPT_DATA for a damaged or foreign blob. The whole blob is checked
+ *  before anything changes: on failure the layer is as it was. Since 1.1.0. */
+BN_API bn_status bn_load(bn_layer* layer, const void* data, int64_t size);
+/** A new layer from a state blob (no configuration needed): as bn_create with the saved
+ *  configuration and input shape, then bn_load. It has no adjustment callback (the fused
+ *  decision stays the one the saved layer took, callback included) and no thread bound.
+ *  The caller owns *out (release with bn_destroy); on failure *out is not written. Since 1.1.0. */
+BN_API bn_status bn_create_from_state(const void* data, int64_t size, bn_layer** out);
+/** bn_save into the file at `path`, replaced atomically: the blob goes to a new temporary
+ *  file in the same directory ("<path>.tmp.<pid>.<n>"), which is fsync'ed and renamed over
+ *  `path`, then the directory is fsync'ed. A failure (or a crash) at any point leaves `path`
+ *  as it was, or complete; a failure removes the temporary file (a crash may leave it). The
+ *  new file has the permissions of any new file (0666 minus the umask); a symbolic link at
+ *  `path` is replaced, not followed. A file-system error is BN_ERR_INVALID_ARGUMENT with the
+ *  operating system's reason in the message. POSIX only. Since 1.1.0. */
+BN_API bn_status bn_save_file(const bn_layer* layer, const char* path);
+/** bn_load from the file at `path`. A file that cannot be opened or read (missing,
+ *  a directory, no permission) is BN_ERR_INVALID_ARGUMENT with the operating system's
+ *  reason; a file that is not a valid state is BN_ERR_CORRUPT_DATA (a foreign file is refused
+ *  from its first 32 bytes, without reading the rest). Since 1.1.0. */
+BN_API bn_status bn_load_file(bn_layer* layer, const char* path);
+/** bn_create_from_state from the file at `path`; errors as bn_load_file. Since 1.1.0. */
+BN_API bn_status bn_create_from_file(const char* path, bn_layer** out);
+/** The layer's dtype (BN_F32, BN_F64, BN_BF16 or BN_F16), e.g. of a layer made by
+ *  bn_create_from_state. Since 1.1.0. */
+BN_API bn_status bn_get_dtype(const bn_layer* layer, bn_dtype* dtype_out);
+/** The step counter: how many forwards have updated the moving statistics (PyTorch's
+ *  num_batches_tracked). The cumulative average (bn_config_set_cumulative_average) weights
+ *  the next batch 1/(count + 1). Since 1.1.0. */
+BN_API bn_status bn_get_step_count(const bn_layer* layer, int64_t* count_out);
+/** Sets the step counter (>= 0), e.g. to PyTorch's num_batches_tracked when importing a
+ *  momentum=None layer, so that the cumulative average continues where it was. Changes
+ *  nothing else. Since 1.1.0. */
+BN_API bn_status bn_set_step_count(bn_layer* layer, int64_t count);
+
 #ifdef __cplusplus
 }
 #endif

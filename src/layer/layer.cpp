@@ -76,7 +76,8 @@ std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype, const 
 }  // namespace
 
 // ---------------------------------------------------------------------------
-Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : config_(config) {
+Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim)
+    : config_(config), had_adjustment_(static_cast<bool>(config.adjustment)) {
   check_momentum(config.momentum);
   if (!std::isfinite(config.epsilon) || config.epsilon < 0) {
     fail(Status::invalid_argument, "epsilon=" + std::to_string(config.epsilon) + " but it must be finite and >= 0");
@@ -86,6 +87,7 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim) : c
     fail(Status::invalid_argument, "dtype " + std::to_string(static_cast<int>(config.dtype)) + " is not a known dtype");
   }
   axes_ = resolve_axes(config.axes, input_shape, ndim);
+  input_shape_.assign(input_shape, input_shape + ndim);
   check_renorm(config.renorm);
   if (config.virtual_batch_size > 0) {
     // Keras 2 build(): ghost batches split axis 0, so it cannot be normalized; no adjustment.

@@ -10,6 +10,7 @@
 
 #include "layer/config.hpp"
 #include "layer/shape_plan.hpp"
+#include "layer/state_io.hpp"
 #include "parallel/executor.hpp"
 
 namespace bn {
@@ -46,6 +47,10 @@ class Layer {
  public:
   // Throws Error for a configuration that does not fit the shape (or that Keras refuses).
   Layer(const Config& config, const int64_t* input_shape, int32_t ndim);
+  // The layer a decoded state describes (layer_state.cpp), with `adjustment` as its callback
+  // (empty: none). Throws Error(corrupt_data) when the state's configuration is refused or
+  // its fused decision is not the one the configuration gives.
+  Layer(const LayerState& state, const Adjustment& adjustment);
 
   int64_t num_features() const { return axes_.features; }
   bool fused() const { return fused_; }
@@ -96,6 +101,19 @@ class Layer {
   double regularization_loss() const;
   void apply_constraints();
 
+  // State files (layer_state.cpp, format in state_io.hpp). state() is a copy of everything a
+  // blob holds. load() replaces this layer's configuration, parameters, statistics, modes
+  // and step counter with the state's, keeping its adjustment callback and thread bound;
+  // the state must have this layer's structure (dtype, rank, kept axes and sizes, center,
+  // scale, renorm, ghost batches on or off): Error(shape) / Error(invalid_argument)
+  // otherwise. Strong guarantee: everything is built aside, then swapped in.
+  LayerState state() const;
+  void load(const LayerState& state);
+  // Moving-statistics updates so far (PyTorch's num_batches_tracked): the cumulative
+  // average weights the next batch 1/(count + 1).
+  int64_t step_count() const;
+  void set_step_count(int64_t count);
+
  private:
   class Access;  // RAII guard: shared (inference forward, reads) or exclusive
 
@@ -119,8 +137,12 @@ class Layer {
   void write_params(const std::vector<double>& values, void* out) const;
   const std::vector<double>& renorm_param(Param which) const;  // throws unless renorm is on
   void init_keras_params();
+  void check_fits(const Layer& other) const;  // load(): same structure, or throws
+  void adopt(Layer& other) noexcept;          // load(): swaps the other's state in
 
   Config config_;
+  std::vector<int64_t> input_shape_;  // as given at build (saved in state files)
+  bool had_adjustment_ = false;       // the fused decision counted an adjustment callback
   AxisPlan axes_;
   bool fused_ = false;
   double epsilon_ = 0;  // as used: clamped on the fused path
