@@ -9,6 +9,8 @@
  *   bn_config_<name>(cfg, ...)  ->  batchnorm::Config::<name>(...)   (chainable setters)
  *   bn_<name>(layer, ...)       ->  batchnorm::Layer::<name>(...)
  *   bn_create / bn_destroy      ->  Layer::create or Layer's constructor / its destructor
+ *   bn_create_from_state/_file  ->  Layer::create_from_state / create_from_file (or from_state,
+ *                                   from_file), with the dtype bn_get_dtype reports
  * Arguments, units, defaults and semantics are those of the C function: read its comment in
  * batchnorm.h. The constants (BN_F64, BN_PARAM_GAMMA, BN_FUSED_ON, ...) are the C ones.
  *
@@ -40,8 +42,8 @@
  *   span of the wrong length) fail the same way, with a message naming the wrapper function,
  *   before any C call: nothing is changed.
  *
- * Element types. The layer's dtype is the one of the Config it was created from (the C API
- * does not report it, so the wrapper remembers it). Tensors (x, y, dy, dx, residual) and
+ * Element types. The layer's dtype is the one of the Config it was created from, or for a layer
+ * made from a state blob the one bn_get_dtype reports; the wrapper remembers it. Tensors (x, y, dy, dx, residual) and
  * parameters are float for BN_F32 layers and double for BN_F64 layers; every data function
  * has a float and a double overload, and calling the one that does not match the layer fails
  * with BN_ERR_INVALID_ARGUMENT. (BN_BF16/BN_F16 are refused by bn_config_set_dtype in 1.0.)
@@ -479,6 +481,34 @@ class Layer {
     out = Layer(handle, config.dtype());
     return Result();
   }
+  /// bn_create_from_state into `out` (left unchanged on failure): a layer rebuilt from a
+  /// blob of save(), configuration and dtype included. Since 1.1.0.
+  static Result create_from_state(Span<const uint8_t> blob, Layer& out) {
+    bn_layer* handle = nullptr;
+    BATCHNORM_DETAIL_TRY(
+        detail::check(bn_create_from_state(blob.data(), static_cast<int64_t>(blob.size()), &handle)));
+    return adopt(handle, out);
+  }
+  /// bn_create_from_file into `out` (left unchanged on failure). Since 1.1.0.
+  static Result create_from_file(const std::string& path, Layer& out) {
+    bn_layer* handle = nullptr;
+    BATCHNORM_DETAIL_TRY(detail::check(bn_create_from_file(path.c_str(), &handle)));
+    return adopt(handle, out);
+  }
+#if BATCHNORM_EXCEPTIONS
+  /// create_from_state, returning the layer. Since 1.1.0.
+  static Layer from_state(Span<const uint8_t> blob) {
+    Layer layer;
+    create_from_state(blob, layer);
+    return layer;
+  }
+  /// create_from_file, returning the layer. Since 1.1.0.
+  static Layer from_file(const std::string& path) {
+    Layer layer;
+    create_from_file(path, layer);
+    return layer;
+  }
+#endif
   /// bn_destroy (nothing when empty).
   ~Layer() {
     bn_destroy(handle_);
@@ -735,7 +765,68 @@ class Layer {
     return detail::check(bn_apply_constraints(handle_));
   }
 
+  /// bn_save into `out`, resized to the blob's size (its previous contents are replaced
+  /// only on success). The blob holds the configuration, parameters, statistics, modes and
+  /// step counter (docs/state_format.md). Since 1.1.0.
+  Result save(std::vector<uint8_t>& out) const {
+    int64_t size = 0;
+    BATCHNORM_DETAIL_TRY(detail::check(bn_save(handle_, nullptr, 0, &size)));
+    std::vector<uint8_t> blob(static_cast<std::size_t>(size));
+    BATCHNORM_DETAIL_TRY(detail::check(bn_save(handle_, blob.data(), size, &size)));
+    out = std::move(blob);
+    return Result();
+  }
+#if BATCHNORM_EXCEPTIONS
+  /// save, returning the blob. Since 1.1.0.
+  std::vector<uint8_t> save() const {
+    std::vector<uint8_t> blob;
+    save(blob);
+    return blob;
+  }
+#endif
+  /// bn_load: this layer becomes the saved one (it keeps its adjustment callback and thread
+  /// bound); a blob of another structure or a damaged one changes nothing. Since 1.1.0.
+  Result load(Span<const uint8_t> blob) {
+    return detail::check(bn_load(handle_, blob.data(), static_cast<int64_t>(blob.size())));
+  }
+  /// bn_save_file: the state into the file at `path`, replaced atomically. Since 1.1.0.
+  Result save_file(const std::string& path) const {
+    return detail::check(bn_save_file(handle_, path.c_str()));
+  }
+  /// bn_load_file: load() from the file at `path`. Since 1.1.0.
+  Result load_file(const std::string& path) {
+    return detail::check(bn_load_file(handle_, path.c_str()));
+  }
+  /// bn_get_step_count: forwards that updated the moving statistics so far. Since 1.1.0.
+  Result get_step_count(int64_t& count_out) const {
+    return detail::check(bn_get_step_count(handle_, &count_out));
+  }
+#if BATCHNORM_EXCEPTIONS
+  /// get_step_count, returning the value. Since 1.1.0.
+  int64_t step_count() const {
+    int64_t count = 0;
+    get_step_count(count);
+    return count;
+  }
+#endif
+  /// bn_set_step_count (>= 0), e.g. PyTorch's num_batches_tracked. Since 1.1.0.
+  Result set_step_count(int64_t count) {
+    return detail::check(bn_set_step_count(handle_, count));
+  }
+
  private:
+  // Takes a handle the library just created, with the dtype it reports.
+  static Result adopt(bn_layer* handle, Layer& out) {
+    bn_dtype dtype = BN_F32;
+    const bn_status status = bn_get_dtype(handle, &dtype);
+    if (status != BN_OK) {
+      bn_destroy(handle);
+      return detail::check(status);
+    }
+    out = Layer(handle, dtype);
+    return Result();
+  }
+
   // --- wrapper-side checks: fail before any C call, so nothing changes -------------------
   static std::string where(const char* fn) {
     return std::string("batchnorm::Layer::") + fn + ": ";

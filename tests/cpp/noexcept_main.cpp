@@ -158,9 +158,42 @@ void moves_and_empty_layers() {
   CHECK(contains(cst.message(), "bn_create"));
 }
 
+// State blobs in status mode: save, load, create_from_state, and a refusal as a Status.
+void state_round_trip() {
+  batchnorm::Config cfg;
+  cfg.set_dtype(BN_F64).set_momentum(0.5);
+  batchnorm::Layer a;
+  CHECK_OK(batchnorm::Layer::create(cfg, {4, 3}, a));
+  CHECK_OK(a.set_training(true));
+  const std::vector<double> x{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13};
+  std::vector<double> y(12);
+  CHECK_OK(a.forward({4, 3}, x.data(), y.data()));
+  std::vector<uint8_t> blob;
+  CHECK_OK(a.save(blob));
+  CHECK(blob.size() == 572u + 4u * 3u * 8u);
+  batchnorm::Layer b;
+  CHECK_OK(batchnorm::Layer::create_from_state(blob, b));
+  CHECK(b.dtype() == BN_F64);
+  int64_t steps = -1;
+  CHECK_OK(b.get_step_count(steps));
+  CHECK(steps == 1);
+  std::vector<uint8_t> again;
+  CHECK_OK(b.save(again));
+  CHECK(again == blob);
+  std::vector<uint8_t> damaged = blob;
+  damaged[100] ^= 1;
+  const batchnorm::Status st = b.load(damaged);
+  CHECK(st.status() == BN_ERR_CORRUPT_DATA);
+  CHECK(contains(st.message(), "bn_load"));
+  batchnorm::Layer c;
+  CHECK(batchnorm::Layer::create_from_state(damaged, c).status() == BN_ERR_CORRUPT_DATA);
+  CHECK(!c);
+}
+
 }  // namespace
 
 int main() {
+  state_round_trip();
   forward_backward_match_c();
   config_keeps_the_first_failure();
   moves_and_empty_layers();
