@@ -14,6 +14,10 @@ dynamic loader's default search for "libbatchnorm.so.1".
         layer.training = False
         y = layer.forward(x)                       # moving statistics
 
+State files: layer.save() gives the layer's state as bytes, bn.Layer.from_state(blob) and
+layer.load(blob) take it back (bitwise); layer.save_file(path), layer.load_file(path) and
+bn.Layer.from_file(path) do the same with files (docs/state_format.md).
+
 Arrays go in and come out as numpy arrays of the layer's dtype (float32 by default).
 Inputs of another dtype are refused (TypeError) rather than silently converted; inputs that
 are not C-contiguous are copied; output buffers (`out=`, `dx=`) must be C-contiguous,
@@ -167,6 +171,16 @@ _PROTOTYPES = {
     "bn_fold_into": (_S, [c_void_p, c_void_p, c_int64, c_void_p, c_void_p, c_int64]),
     "bn_regularization_loss": (_S, [c_void_p, _P_DBL]),
     "bn_apply_constraints": (_S, [c_void_p]),
+    # State files (1.1.0)
+    "bn_save": (_S, [c_void_p, c_void_p, c_int64, _P_I64]),
+    "bn_load": (_S, [c_void_p, c_void_p, c_int64]),
+    "bn_create_from_state": (_S, [c_void_p, c_int64, ctypes.POINTER(c_void_p)]),
+    "bn_save_file": (_S, [c_void_p, c_char_p]),
+    "bn_load_file": (_S, [c_void_p, c_char_p]),
+    "bn_create_from_file": (_S, [c_char_p, ctypes.POINTER(c_void_p)]),
+    "bn_get_dtype": (_S, [c_void_p, _P_I32]),
+    "bn_get_step_count": (_S, [c_void_p, _P_I64]),
+    "bn_set_step_count": (_S, [c_void_p, c_int64]),
 }
 
 _lib = None
@@ -676,6 +690,86 @@ class Layer:
     def apply_constraints(self):
         """Applies the configured constraints to gamma and beta (after an optimizer update)."""
         self._call(self._lib.bn_apply_constraints(self._h()))
+
+    # -- state files (docs/state_format.md) --------------------------------------------
+    def save(self):
+        """The layer's state as bytes: configuration, parameters, statistics, modes and the
+        step counter, in the library's versioned format (bn_save)."""
+        size = c_int64()
+        self._call(self._lib.bn_save(self._h(), None, 0, ctypes.byref(size)))
+        buf = ctypes.create_string_buffer(size.value)
+        self._call(self._lib.bn_save(self._h(), buf, size, ctypes.byref(size)))
+        return buf.raw[:size.value]
+
+    def load(self, blob):
+        """Makes this layer the saved one (bn_load): the blob must be of a layer of the same
+        structure; a damaged or foreign one raises BN_ERR_CORRUPT_DATA and changes nothing.
+        The layer keeps its adjustment callback and thread bound."""
+        blob = bytes(blob)
+        self._call(self._lib.bn_load(self._h(), blob, len(blob)))
+        self._mirror(blob)
+
+    def save_file(self, path):
+        """save() into a file, replaced atomically (bn_save_file)."""
+        self._call(self._lib.bn_save_file(self._h(), os.fsencode(path)))
+
+    def load_file(self, path):
+        """load() from a file (bn_load_file)."""
+        self._call(self._lib.bn_load_file(self._h(), os.fsencode(path)))
+        self._mirror(self.save())
+
+    @classmethod
+    def from_state(cls, blob):
+        """A new layer from a save() blob, configuration included (bn_create_from_state)."""
+        blob = bytes(blob)
+        handle = c_void_p()
+        _check(library().bn_create_from_state(blob, len(blob), ctypes.byref(handle)))
+        return cls._adopt(handle, blob)
+
+    @classmethod
+    def from_file(cls, path):
+        """A new layer from a state file (bn_create_from_file)."""
+        handle = c_void_p()
+        _check(library().bn_create_from_file(os.fsencode(path), ctypes.byref(handle)))
+        layer = cls._adopt(handle, None)
+        layer._mirror(layer.save())
+        return layer
+
+    @property
+    def step_count(self):
+        """Forwards that updated the moving statistics so far (PyTorch's num_batches_tracked);
+        settable, e.g. when importing a momentum=None PyTorch layer."""
+        out = c_int64()
+        self._call(self._lib.bn_get_step_count(self._h(), ctypes.byref(out)))
+        return out.value
+
+    @step_count.setter
+    def step_count(self, count):
+        self._call(self._lib.bn_set_step_count(self._h(), int(count)))
+
+    @classmethod
+    def _adopt(cls, handle, blob):
+        lib = library()
+        self = cls.__new__(cls)
+        self._lib, self._handle, self._destroy = lib, handle, lib.bn_destroy
+        self._callbacks, self._callback_errors = [], []
+        dtype = c_int32()
+        self._call(lib.bn_get_dtype(handle, ctypes.byref(dtype)))
+        self.dtype = next(v[1] for v in _DTYPES.values() if v[0] == dtype.value)
+        self.param_dtype = np.dtype(np.float64 if dtype.value == BN_F64 else np.float32)
+        self.num_features = int(lib.bn_num_features(handle))
+        if blob is not None:
+            self._mirror(blob)
+        return self
+
+    def _mirror(self, blob):
+        # The Python-side copies of what the blob set: the training and trainable flags and
+        # the input shape, at their documented offsets (the library has validated the blob).
+        ndim = int.from_bytes(blob[36:40], "little")
+        self.input_shape = tuple(int.from_bytes(blob[40 + 8 * d:48 + 8 * d], "little", signed=True)
+                                 for d in range(ndim))
+        self._trainable = blob[168] == 1
+        self._training = blob[172] == 1
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self):

@@ -633,5 +633,64 @@ class ApiTests(Checks):
         np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
 
+class TestStateFiles(unittest.TestCase):
+    """save/load/from_state/files through the binding: bytes round-trip, the loaded layer
+    computes bitwise as the original, refusals raise and change nothing."""
+
+    def test_round_trip_and_continued_training(self):
+        rng = np.random.default_rng(5)
+        cfg = bn.Config(axes=1, momentum=0.8, dtype=np.float64, cumulative_average=True)
+        a = bn.Layer(cfg, (4, 3, 2))
+        a.training = True
+        for _ in range(3):
+            a.forward(data(rng, (4, 3, 2), np.float64))
+        blob = a.save()
+        self.assertEqual(blob[:4], b"\x89BNS")
+        b = bn.Layer.from_state(blob)
+        self.assertEqual(b.save(), blob)
+        self.assertEqual((b.dtype, b.input_shape, b.training, b.step_count), (np.dtype(np.float64), (4, 3, 2), True, 3))
+        x = data(rng, (4, 3, 2), np.float64)
+        np.testing.assert_array_equal(a.forward(x), b.forward(x))
+        self.assertEqual(a.save(), b.save())
+        c = bn.Layer(bn.Config(axes=1, dtype=np.float64), (4, 3, 2))
+        c.load(blob)
+        self.assertTrue(c.training)
+        self.assertEqual(c.step_count, 3)
+        c.step_count = 0
+        self.assertEqual(c.step_count, 0)
+
+    def test_refusals_change_nothing(self):
+        layer = bn.Layer(bn.Config(), (4, 3))
+        before = layer.save()
+        with self.assertRaises(bn.BatchNormError) as ctx:
+            layer.load(before[:-1])
+        self.assertEqual(ctx.exception.status, bn.BN_ERR_CORRUPT_DATA)
+        other = bn.Layer(bn.Config(dtype=np.float64), (4, 3)).save()
+        with self.assertRaises(bn.BatchNormError) as ctx:
+            layer.load(other)
+        self.assertEqual(ctx.exception.status, bn.BN_ERR_INVALID_ARGUMENT)
+        with self.assertRaises(bn.BatchNormError):
+            bn.Layer.from_state(b"not a state")
+        self.assertEqual(layer.save(), before)
+
+    def test_files(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "layer.bnstate")
+            a = bn.Layer(bn.Config(dtype="bfloat16", relu=True), (2, 2, 2, 4))
+            a.training = True
+            a.save_file(path)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), a.save())
+            b = bn.Layer.from_file(path)
+            self.assertEqual((b.dtype, b.training, b.num_features), (np.dtype(np.uint16), True, 4))
+            c = bn.Layer(bn.Config(dtype="bfloat16", relu=True), (1, 2, 2, 4))
+            c.load_file(path)
+            self.assertEqual((c.save(), c.training, c.input_shape), (a.save(), True, (2, 2, 2, 4)))
+            with self.assertRaises(bn.BatchNormError) as ctx:
+                c.load_file(os.path.join(d, "missing"))
+            self.assertEqual(ctx.exception.status, bn.BN_ERR_INVALID_ARGUMENT)
+
+
 if __name__ == "__main__":
     unittest.main()
