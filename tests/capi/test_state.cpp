@@ -1,7 +1,9 @@
 // State blobs through the C API: bitwise round trips for every dtype and option, a loaded
 // layer that goes on computing bitwise what the saved one computes, the size query, layers
 // that do not fit the blob, adjustment callbacks, the step counter, NULL arguments.
+#include <atomic>
 #include <cmath>
+#include <thread>
 
 #include "state_support.hpp"
 
@@ -374,4 +376,44 @@ TEST_CASE("a blob whose fused decision an adjustment callback rules out is refus
   Layer c(raw, &bn_destroy);
   REQUIRE(bn_get_fused(c.get(), &f) == BN_OK);
   CHECK(f == 0);
+}
+
+TEST_CASE("bn_save runs alongside inference forwards; an overlapping bn_load is refused as busy, never raced",
+          "[capi][state]") {
+  const Spec s{"f32 (1024, 64)", BN_F32, {1024, 64}, nullptr};
+  Layer layer = spec_layer(s);
+  const Bytes blob = save(layer.get());
+  const Bytes y0 = infer(layer.get(), s);
+  std::atomic<bool> stop{false};
+  std::atomic<int> forwards{0}, bad_forwards{0};
+  std::thread reader([&] {
+    const int64_t n = element_count(s.shape);
+    Tensor x(s.dtype, n), y(s.dtype, n);
+    x.fill(77);
+    while (!stop.load()) {
+      if (bn_forward(layer.get(), s.shape.data(), 2, x.data(), y.data()) != BN_OK || y.bytes != y0) ++bad_forwards;
+      ++forwards;
+    }
+  });
+  int saves = 0, bad_saves = 0, refused_loads = 0, other_loads = 0;
+  for (int k = 0; k < 300; ++k) {
+    int64_t size = 0;
+    Bytes b(blob.size());
+    if (bn_save(layer.get(), b.data(), static_cast<int64_t>(b.size()), &size) != BN_OK || b != blob) ++bad_saves;
+    ++saves;
+    // An exclusive call overlapping a forward is refused (BN_ERR_STATE), never raced.
+    const bn_status st = bn_load(layer.get(), blob.data(), static_cast<int64_t>(blob.size()));
+    if (st == BN_ERR_STATE) {
+      ++refused_loads;
+    } else if (st != BN_OK) {
+      ++other_loads;
+    }
+  }
+  stop = true;
+  reader.join();
+  INFO(saves << " saves, " << forwards << " forwards, " << refused_loads << " loads refused as busy");
+  CHECK(bad_saves == 0);
+  CHECK(bad_forwards == 0);
+  CHECK(other_loads == 0);
+  CHECK(save(layer.get()) == blob);
 }
