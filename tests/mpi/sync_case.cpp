@@ -340,7 +340,11 @@ void run_sync_case(const SyncCase& c, const Sync& sync) {
 
   // Keras SyncBatchNormalization's ghost batches: each replica's ghost g joins the others'
   // ghost g, which is one process's ghost g of the concatenated batch with P times the size.
-  bn_config* ref_cfg = make_config(c, c.ghost * k.ranks);
+  // With a callback, fused AUTO means OFF (Keras: synchronized forces the non-fused path), so
+  // the one-process reference of an AUTO case runs with fused OFF.
+  SyncCase ref_case = c;
+  if (c.fused == BN_FUSED_AUTO) ref_case.fused = BN_FUSED_OFF;
+  bn_config* ref_cfg = make_config(ref_case, c.ghost * k.ranks);
   bn_config* sync_cfg = make_config(c, c.ghost);
   if (sync_cfg != nullptr) {
     const bn_status st = sync.fn != nullptr ? bn_config_set_allreduce(sync_cfg, sync.fn, sync.user_data)
