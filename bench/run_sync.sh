@@ -13,9 +13,11 @@ flags=()
 if mpiexec --version 2>/dev/null | grep -q -E "Open MPI|OpenRTE"; then
   flags=(--allow-run-as-root --oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none)
 fi
-echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $(cut -d' ' -f1-3 /proc/loadavg) before the run"
 for ranks in 2 4; do
   echo
   [ "$ranks" -gt "$(nproc)" ] && echo "($ranks ranks on $(nproc) cores: oversubscribed, the ranks share the cores)"
   OPENBLAS_NUM_THREADS=1 mpiexec -n "$ranks" "${flags[@]}" "$exe" --csv "sync_$ranks.csv" "$@"
 done
+echo
+echo "load average $(cut -d' ' -f1-3 /proc/loadavg) after the run (compare times only from quiet runs)"

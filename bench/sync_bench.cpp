@@ -6,10 +6,10 @@
 //   synced  the same layer with the cross-replica callback: bn_mpi_allreduce over the world,
 //           through a wrapper that counts the collectives, their doubles and the time inside
 // and prints, on rank 0, the collectives and payload bytes a step needs and the times. A
-// step's time is the slowest rank's; each sample times k steps after a barrier, and the
-// median of the samples is reported (the number of steps is decided by rank 0 and shared, so
-// every rank makes the same collectives). --check compares the synchronized y, dx and the
-// rank-summed dgamma/dbeta with one process on the gathered batch (exit 1 on a mismatch).
+// sample times k steps after a barrier, the two layers' samples alternate, a sample's time is
+// the slowest rank's, and the median of the samples is reported (the number of steps is
+// decided by rank 0 and shared, so every rank makes the same collectives). --check compares the synchronized y, dx and
+// the rank-summed dgamma/dbeta with one process on the gathered batch (exit 1 on a mismatch).
 #include <mpi.h>
 
 #include <algorithm>
@@ -131,9 +131,11 @@ void step(const World& w, bn_layer* layer, Tensors& t) {
      "bn_backward");
 }
 
-struct StepTime {
-  double step = 0.0;     // seconds per step
-  double in_coll = 0.0;  // of which inside the callback (synced layers; includes waiting for others)
+struct StepTimes {
+  double local = 0.0;                          // seconds per step of the plain layer (median sample)
+  double synced = 0.0;                         // of the synchronized layer
+  double in_coll = 0.0;                        // of which inside the callback (includes waiting for the other ranks)
+  double local_best = 0.0, synced_best = 0.0;  // the fastest samples
 };
 
 double median(std::vector<double> v) {
@@ -141,31 +143,41 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Medians over samples of the slowest rank's time per step and time inside the callback per
-// step. Rank 0 sizes the samples from a calibration step and shares k and the sample count.
-StepTime time_steps(const World& w, bn_layer* layer, Tensors& t, const Options& opt, Counter* counter) {
-  for (int i = 0; i < 2; ++i) step(w, layer, t);  // warm-up: plans, first-touch, MPI connections
+// k steps of one layer, timed on this rank after a barrier; returns seconds per step.
+double sample(bn_layer* layer, Tensors& t, const World& w, int k) {
   MPI_Barrier(MPI_COMM_WORLD);
-  double one = MPI_Wtime();
-  step(w, layer, t);
-  one = MPI_Wtime() - one;
-  MPI_Allreduce(MPI_IN_PLACE, &one, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  int plan[2] = {std::max(1, static_cast<int>(std::ceil(2e-3 / std::max(one, 1e-9)))), 0};  // k: >= 2 ms per sample
-  plan[1] = std::clamp(static_cast<int>(opt.target / (plan[0] * std::max(one, 1e-9))), 3, 51);
-  MPI_Bcast(plan, 2, MPI_INT, 0, MPI_COMM_WORLD);
-  std::vector<double> steps, colls;
-  for (int s = 0; s < plan[1]; ++s) {
-    MPI_Barrier(MPI_COMM_WORLD);
-    const double coll_before = counter != nullptr ? counter->seconds : 0.0;
-    const double start = MPI_Wtime();
-    for (int i = 0; i < plan[0]; ++i) step(w, layer, t);
-    double per_step[2] = {(MPI_Wtime() - start) / plan[0],
-                          (counter != nullptr ? counter->seconds - coll_before : 0.0) / plan[0]};
-    MPI_Allreduce(MPI_IN_PLACE, per_step, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    steps.push_back(per_step[0]);
-    colls.push_back(per_step[1]);
+  const double start = MPI_Wtime();
+  for (int i = 0; i < k; ++i) step(w, layer, t);
+  return (MPI_Wtime() - start) / k;
+}
+
+// The two layers' samples alternate (local, synced, local, ...) so that both meet the same
+// load on a shared machine. Each sample's time is the slowest rank's; the medians are
+// returned. Rank 0 sizes the samples from a calibration step and shares k and the count.
+StepTimes time_steps(const World& w, bn_layer* local, bn_layer* synced, Counter* counter, Tensors& t,
+                     const Options& opt) {
+  for (int i = 0; i < 2; ++i) {  // warm-up: plans, first touch, MPI connections
+    step(w, local, t);
+    step(w, synced, t);
   }
-  return {median(steps), median(colls)};
+  double one = sample(local, t, w, 1) + sample(synced, t, w, 1);
+  MPI_Allreduce(MPI_IN_PLACE, &one, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  one = std::max(one / 2, 1e-9);
+  int plan[2] = {std::max(1, static_cast<int>(std::ceil(2e-3 / one))), 0};  // k: >= 2 ms per sample
+  plan[1] = std::clamp(static_cast<int>(opt.target / (plan[0] * one)), 3, 51);
+  MPI_Bcast(plan, 2, MPI_INT, 0, MPI_COMM_WORLD);
+  std::vector<double> locals, synceds, colls;
+  for (int s = 0; s < plan[1]; ++s) {
+    double times[3] = {sample(local, t, w, plan[0]), 0.0, counter->seconds};
+    times[1] = sample(synced, t, w, plan[0]);
+    times[2] = (counter->seconds - times[2]) / plan[0];
+    MPI_Allreduce(MPI_IN_PLACE, times, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    locals.push_back(times[0]);
+    synceds.push_back(times[1]);
+    colls.push_back(times[2]);
+  }
+  return {median(locals), median(synceds), median(colls), *std::min_element(locals.begin(), locals.end()),
+          *std::min_element(synceds.begin(), synceds.end())};
 }
 
 // --check: one process on the gathered batch against this rank's synchronized results.
@@ -272,14 +284,15 @@ int main(int argc, char** argv) {
     std::printf(
         "a step = bn_forward + bn_backward (f32, training, fused off) on each rank's shard; times: median of the "
         "slowest rank's\n\n");
-    std::printf("%-14s %-5s %-16s %6s | %5s %5s %10s | %9s %9s %9s %8s %11s\n", "case", "lay", "shard per rank", "feat",
-                "coll", "fwd", "bytes", "local ms", "synced ms", "+ms", "+%", "in coll. ms");
+    std::printf("%-14s %-5s %-16s %6s | %4s %3s %7s | %8s %9s %8s %7s %8s | %8s %9s %7s\n", "case", "lay",
+                "shard per rank", "feat", "coll", "fwd", "bytes", "local ms", "synced ms", "+ms", "+%", "in coll",
+                "best loc", "best sync", "best +%");
     if (!opt.csv.empty()) {
       csv = std::fopen(opt.csv.c_str(), "w");
       if (csv == nullptr) die(w, "cannot write " + opt.csv);
       std::fprintf(csv,
                    "case,layout,shard,ranks,features,collectives_per_step,forward_collectives,payload_bytes_per_step,"
-                   "local_ms,synced_ms,overhead_ms,overhead_percent,in_collectives_ms\n");
+                   "local_ms,synced_ms,overhead_ms,overhead_percent,in_collectives_ms,best_local_ms,best_synced_ms\n");
     }
   }
   bool all_checked = true;
@@ -303,36 +316,35 @@ int main(int argc, char** argv) {
                      t.dbeta.data()),
          "bn_backward");
     }
-    double local_s = 0.0, synced_s = 0.0, in_coll = 0.0;
-    {
-      Layer local(w, k, t.shape, opt.threads, nullptr);
-      local_s = time_steps(w, local.layer, t, opt, nullptr).step;
-    }
     Counter timed;
     timed.comm = counter.comm;
+    StepTimes st;
     {
-      Layer synced(w, k, t.shape, opt.threads, &timed);
-      const StepTime st = time_steps(w, synced.layer, t, opt, &timed);
-      synced_s = st.step;
-      in_coll = st.in_coll;
+      Layer local(w, k, t.shape, opt.threads, nullptr), synced(w, k, t.shape, opt.threads, &timed);
+      st = time_steps(w, local.layer, synced.layer, &timed, t, opt);
     }
+    const double local_s = st.local, synced_s = st.synced, in_coll = st.in_coll;
     if (w.rank == 0) {
       const long long bytes = per_step.doubles * static_cast<long long>(sizeof(double));
       const double over = (synced_s - local_s) * 1e3, pct = 100.0 * (synced_s / local_s - 1.0);
-      std::printf("%-14s %-5s %-16s %6lld | %5ld %5ld %10lld | %9.3f %9.3f %9.3f %7.1f%% %11.3f\n", k.name.c_str(),
-                  k.layout.c_str(), shape_text(k.dims).c_str(), static_cast<long long>(k.c), per_step.calls,
-                  forward_calls, bytes, local_s * 1e3, synced_s * 1e3, over, pct, in_coll * 1e3);
+      const double best_pct = 100.0 * (st.synced_best / st.local_best - 1.0);
+      std::printf("%-14s %-5s %-16s %6lld | %4ld %3ld %7lld | %8.3f %9.3f %8.3f %6.0f%% %8.3f | %8.3f %9.3f %6.0f%%\n",
+                  k.name.c_str(), k.layout.c_str(), shape_text(k.dims).c_str(), static_cast<long long>(k.c),
+                  per_step.calls, forward_calls, bytes, local_s * 1e3, synced_s * 1e3, over, pct, in_coll * 1e3,
+                  st.local_best * 1e3, st.synced_best * 1e3, best_pct);
       std::fflush(stdout);
       if (csv != nullptr)
-        std::fprintf(csv, "%s,%s,%s,%d,%lld,%ld,%ld,%lld,%.6f,%.6f,%.6f,%.2f,%.6f\n", k.name.c_str(), k.layout.c_str(),
-                     shape_text(k.dims).c_str(), w.size, static_cast<long long>(k.c), per_step.calls, forward_calls,
-                     bytes, local_s * 1e3, synced_s * 1e3, over, pct, in_coll * 1e3);
+        std::fprintf(csv, "%s,%s,%s,%d,%lld,%ld,%ld,%lld,%.6f,%.6f,%.6f,%.2f,%.6f,%.6f,%.6f\n", k.name.c_str(),
+                     k.layout.c_str(), shape_text(k.dims).c_str(), w.size, static_cast<long long>(k.c), per_step.calls,
+                     forward_calls, bytes, local_s * 1e3, synced_s * 1e3, over, pct, in_coll * 1e3, st.local_best * 1e3,
+                     st.synced_best * 1e3);
     }
   }
   if (w.rank == 0) {
     std::printf(
-        "\ncoll: collectives per step (fwd: of them in the forward); bytes: payload per rank per step "
-        "(doubles x 8, as given to MPI_Allreduce)\n");
+        "\ncoll: collectives per step (fwd: of them in the forward); bytes: payload per rank per step (doubles x 8, as "
+        "given to MPI_Allreduce);\nms: median samples, the slowest rank's; in coll: inside the callback (waiting "
+        "included); best: the fastest samples\n");
     if (opt.check)
       std::printf("--check: %s\n", all_checked ? "synchronized results match one process on the gathered "
                                                  "batch (1e-4)"

@@ -189,8 +189,8 @@ static int report(int real, const Options* opt, const World* w, const EpochRow* 
   printf("\nfinal held-out accuracy: one process %.2f %%, %d ranks %.2f %% (%+.2f points; allowed %.0f)\n",
          single->test_acc, w->size, parallel->test_acc, gap, MAX_GAP);
   printf("replicas bitwise equal after training: %s\n", equal ? "yes" : "NO");
-  printf("training time: %.2f s one process, %.2f s on %d ranks (tiny network: communication-bound)\n", single_s,
-         parallel_s, w->size);
+  printf("training time: %.2f s one process, %.2f s on %d ranks (a tiny network: collective latency dominates)\n",
+         single_s, parallel_s, w->size);
   int ok = fabs(gap) <= MAX_GAP && equal;
   if (real && parallel->test_acc < opt->min_accuracy) {
     printf("FAIL: the data-parallel network ended below %.0f %% held-out accuracy\n", opt->min_accuracy);
