@@ -7,6 +7,7 @@
 #include "batchnorm/batchnorm_mpi.h"
 #include "compare.hpp"
 #include "data_gen.hpp"
+#include "half_ref.hpp"
 #include "harness.hpp"
 #include "reference.hpp"
 
@@ -22,7 +23,14 @@ constexpr double kLearningRate = 0.1;
 constexpr double kEpsilon = 1e-3;  // Keras' default, left as it is by make_config
 
 size_t element_size(bn_dtype dtype) {
-  return dtype == BN_F64 ? sizeof(double) : sizeof(float);
+  return dtype == BN_F64 ? sizeof(double) : dtype == BN_F32 ? sizeof(float) : sizeof(uint16_t);
+}
+
+bool is_half(bn_dtype dtype) {
+  return dtype == BN_BF16 || dtype == BN_F16;
+}
+bn_test::HalfFormat half_format(bn_dtype dtype) {
+  return dtype == BN_BF16 ? bn_test::kBfloat16 : bn_test::kBinary16;
 }
 
 std::vector<bool> kept_dims(const std::vector<int64_t>& shape, const std::vector<int32_t>& axes) {
@@ -134,21 +142,42 @@ void run_step(const Context& k, Layers& layers, int step) {
   const std::vector<double> gamma = get_param(layers.ref, BN_PARAM_GAMMA, c.dtype);
   const std::vector<double> beta = get_param(layers.ref, BN_PARAM_BETA, c.dtype);
 
-  // The reference: one process, the whole batch.
-  Bytes y_ref(n_global * es), dx_ref(n_global * es), dg_ref(nf * ps), db_ref(nf * ps);
+  // The reference: one process, the whole batch (with a residual: the epilogue's calls).
+  const std::vector<double> r = c.residual ? case_residual(c, k.global, step) : std::vector<double>();
+  const std::vector<unsigned char> rb = to_bytes(r, c.dtype);
+  Bytes y_ref(n_global * es), dx_ref(n_global * es), dr_ref(n_global * es), dg_ref(nf * ps), db_ref(nf * ps);
   const int32_t gd = static_cast<int32_t>(k.global.size());
-  check_status(bn_forward(layers.ref, k.global.data(), gd, xb.data(), y_ref.data()), BN_OK, at + ": reference forward");
-  check_status(
-      bn_backward(layers.ref, k.global.data(), gd, xb.data(), dyb.data(), dx_ref.data(), dg_ref.data(), db_ref.data()),
-      BN_OK, at + ": reference backward");
+  if (c.residual) {
+    check_status(bn_forward_residual(layers.ref, k.global.data(), gd, xb.data(), rb.data(), y_ref.data()), BN_OK,
+                 at + ": reference forward");
+    check_status(bn_backward_residual(layers.ref, k.global.data(), gd, xb.data(), y_ref.data(), dyb.data(),
+                                      dx_ref.data(), dr_ref.data(), dg_ref.data(), db_ref.data()),
+                 BN_OK, at + ": reference backward");
+  } else {
+    check_status(bn_forward(layers.ref, k.global.data(), gd, xb.data(), y_ref.data()), BN_OK,
+                 at + ": reference forward");
+    check_status(bn_backward(layers.ref, k.global.data(), gd, xb.data(), dyb.data(), dx_ref.data(), dg_ref.data(),
+                             db_ref.data()),
+                 BN_OK, at + ": reference backward");
+  }
 
   // This rank's shard through the synchronized layer.
   Bytes xl = slice(xb, first * es, n_local * es), dyl = slice(dyb, first * es, n_local * es);
-  Bytes y(n_local * es), dx(n_local * es), dg(nf * ps), db(nf * ps);
+  Bytes y(n_local * es), dx(n_local * es), dr(n_local * es), dg(nf * ps), db(nf * ps);
   const int32_t ld = static_cast<int32_t>(k.local.size());
-  check_status(bn_forward(layers.sync, k.local.data(), ld, xl.data(), y.data()), BN_OK, at + ": synchronized forward");
-  check_status(bn_backward(layers.sync, k.local.data(), ld, xl.data(), dyl.data(), dx.data(), dg.data(), db.data()),
-               BN_OK, at + ": synchronized backward");
+  if (c.residual) {
+    Bytes rl = slice(rb, first * es, n_local * es);
+    check_status(bn_forward_residual(layers.sync, k.local.data(), ld, xl.data(), rl.data(), y.data()), BN_OK,
+                 at + ": synchronized forward");
+    check_status(bn_backward_residual(layers.sync, k.local.data(), ld, xl.data(), y.data(), dyl.data(), dx.data(),
+                                      dr.data(), dg.data(), db.data()),
+                 BN_OK, at + ": synchronized backward");
+  } else {
+    check_status(bn_forward(layers.sync, k.local.data(), ld, xl.data(), y.data()), BN_OK,
+                 at + ": synchronized forward");
+    check_status(bn_backward(layers.sync, k.local.data(), ld, xl.data(), dyl.data(), dx.data(), dg.data(), db.data()),
+                 BN_OK, at + ": synchronized backward");
+  }
 
   // dgamma/dbeta: each replica's share; their sum is the global gradient.
   std::vector<double> dg_sum = bytes_to_doubles(dg, nf, pdt), db_sum = bytes_to_doubles(db, nf, pdt);
@@ -178,10 +207,16 @@ void run_step(const Context& k, Layers& layers, int step) {
     return std::vector<double>(v.begin() + static_cast<std::ptrdiff_t>(first),
                                v.begin() + static_cast<std::ptrdiff_t>(first + n_local));
   };
-  compare(at + ": y", bytes_to_doubles(y, n_local, c.dtype), rows(y_want),
-          std::vector<double>(n_local, cond * gmax + bmax), rel);
-  compare(at + ": dx", bytes_to_doubles(dx, n_local, c.dtype), rows(dx_want),
-          std::vector<double>(n_local, 4.0 * cond * gmax * inv_std * dymax), rel);
+  // Outputs: as the parameters, plus (16-bit layers) one ulp of the 16-bit result.
+  auto compare_out = [&](const std::string& what, const Bytes& got, const std::vector<double>& want, double mag) {
+    std::vector<double> tol(n_local, rel * mag);
+    if (is_half(c.dtype))
+      for (size_t i = 0; i < n_local; ++i) tol[i] += half_format(c.dtype).ulp(want[i]);
+    compare(at + ": " + what, bytes_to_doubles(got, n_local, c.dtype), want, tol, 1.0);
+  };
+  compare_out("y", y, rows(y_want), cond * gmax + bmax + max_abs(r));
+  compare_out("dx", dx, rows(dx_want), 4.0 * cond * gmax * inv_std * dymax);
+  if (c.residual) compare_out("dresidual", dr, rows(bytes_to_doubles(dr_ref, n_global, c.dtype)), dymax);
   compare(at + ": dgamma summed over ranks", dg_sum, bytes_to_doubles(dg_ref, nf, pdt), mag_dg, rel);
   compare(at + ": dbeta summed over ranks", db_sum, bytes_to_doubles(db_ref, nf, pdt), mag_db, rel);
 
@@ -241,6 +276,9 @@ std::vector<unsigned char> to_bytes(const std::vector<double>& v, bn_dtype dtype
   for (size_t i = 0; i < v.size(); ++i) {
     if (dtype == BN_F64) {
       std::memcpy(b.data() + i * sizeof(double), &v[i], sizeof(double));
+    } else if (is_half(dtype)) {
+      const uint16_t h = bn_test::half_encode(half_format(dtype), v[i]);
+      std::memcpy(b.data() + i * sizeof(uint16_t), &h, sizeof(uint16_t));
     } else {
       const float f = static_cast<float>(v[i]);
       std::memcpy(b.data() + i * sizeof(float), &f, sizeof(float));
@@ -254,6 +292,10 @@ std::vector<double> from_bytes(const std::vector<unsigned char>& b, bn_dtype dty
   for (size_t i = 0; i < v.size(); ++i) {
     if (dtype == BN_F64) {
       std::memcpy(&v[i], b.data() + i * sizeof(double), sizeof(double));
+    } else if (is_half(dtype)) {
+      uint16_t h = 0;
+      std::memcpy(&h, b.data() + i * sizeof(uint16_t), sizeof(uint16_t));
+      v[i] = bn_test::half_decode(half_format(dtype), h);
     } else {
       float f = 0.0f;
       std::memcpy(&f, b.data() + i * sizeof(float), sizeof(float));
@@ -263,16 +305,30 @@ std::vector<double> from_bytes(const std::vector<unsigned char>& b, bn_dtype dty
   return v;
 }
 
+// Values exactly representable in the case's dtype.
+static std::vector<double> representable(std::vector<double> v, bn_dtype dtype) {
+  if (is_half(dtype))
+    for (double& e : v) e = bn_test::half_round(half_format(dtype), e);
+  return v;
+}
+
 std::vector<double> case_x(const SyncCase& c, const std::vector<int64_t>& shape, int step) {
-  bn_test::DataGen gen(c.seed * 1000 + static_cast<uint64_t>(step) * 2);
+  bn_test::DataGen gen(c.seed * 1000 + static_cast<uint64_t>(step) * 3);
   const bn_test::RefDtype rd = c.dtype == BN_F64 ? bn_test::RefDtype::f64 : bn_test::RefDtype::f32;
-  return gen.per_feature(shape, kept_dims(shape, c.axes), c.offset, c.spread_lo, c.spread_hi, rd);
+  return representable(gen.per_feature(shape, kept_dims(shape, c.axes), c.offset, c.spread_lo, c.spread_hi, rd),
+                       c.dtype);
 }
 
 std::vector<double> case_dy(const SyncCase& c, const std::vector<int64_t>& shape, int step) {
-  bn_test::DataGen gen(c.seed * 1000 + static_cast<uint64_t>(step) * 2 + 1);
+  bn_test::DataGen gen(c.seed * 1000 + static_cast<uint64_t>(step) * 3 + 1);
   const bn_test::RefDtype rd = c.dtype == BN_F64 ? bn_test::RefDtype::f64 : bn_test::RefDtype::f32;
-  return gen.normal(static_cast<size_t>(bn_test::element_count(shape)), 0.1, 1.0, rd);
+  return representable(gen.normal(static_cast<size_t>(bn_test::element_count(shape)), 0.1, 1.0, rd), c.dtype);
+}
+
+std::vector<double> case_residual(const SyncCase& c, const std::vector<int64_t>& shape, int step) {
+  bn_test::DataGen gen(c.seed * 1000 + static_cast<uint64_t>(step) * 3 + 2);
+  const bn_test::RefDtype rd = c.dtype == BN_F64 ? bn_test::RefDtype::f64 : bn_test::RefDtype::f32;
+  return representable(gen.normal(static_cast<size_t>(bn_test::element_count(shape)), 0.0, 0.5, rd), c.dtype);
 }
 
 std::vector<bn_param> shared_params(const SyncCase& c) {

@@ -16,7 +16,7 @@ namespace bn_mpi_test {
 
 struct SyncCase {
   std::string name;
-  bn_dtype dtype = BN_F64;
+  bn_dtype dtype = BN_F64;      // BN_F64, BN_F32, BN_BF16 or BN_F16
   std::vector<int64_t> sample;  // the shape without the batch dimension
   std::vector<int32_t> axes;    // axes of the full shape
   std::vector<int64_t> shards;  // local batch size of each rank of the communicator
@@ -26,6 +26,7 @@ struct SyncCase {
   int64_t ghost = 0;  // each replica's virtual batch size (0 = off)
   bool regularized = false;
   bool relu = false;
+  bool residual = false;  // bn_forward_residual / bn_backward_residual (dresidual compared too)
   bn_moving_variance moving_variance = BN_MOVING_VARIANCE_AUTO;
   double offset = 3.0;  // data: feature offsets in [-offset, offset], spreads in [spread_lo, spread_hi]
   double spread_lo = 0.5, spread_hi = 2.0;
@@ -57,6 +58,7 @@ std::vector<double> from_bytes(const std::vector<unsigned char>& b, bn_dtype dty
 // Seeded global tensors of the case: x (per-feature offsets and spreads) and dy.
 std::vector<double> case_x(const SyncCase& c, const std::vector<int64_t>& shape, int step);
 std::vector<double> case_dy(const SyncCase& c, const std::vector<int64_t>& shape, int step);
+std::vector<double> case_residual(const SyncCase& c, const std::vector<int64_t>& shape, int step);
 // The parameters whose bits every rank must share after a step.
 std::vector<bn_param> shared_params(const SyncCase& c);
 // True (on every rank) when the bytes are the same on every rank of comm.

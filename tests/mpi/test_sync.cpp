@@ -158,3 +158,31 @@ BN_MPI_TEST("a sub-communicator: two groups synchronize apart") {
   bn_mpi_test::run_sync_case(c, sync);
   MPI_Comm_free(&half);
 }
+
+BN_MPI_TEST("16-bit layers (bfloat16, float16) and the residual epilogue") {
+  for (bn_dtype dtype : {BN_BF16, BN_F16}) {
+    SyncCase c;
+    c.name = dtype == BN_BF16 ? "bf16 NHWC" : "f16 NCHW";
+    c.dtype = dtype;
+    c.sample = dtype == BN_BF16 ? std::vector<int64_t>{3, 2, 4} : std::vector<int64_t>{4, 3, 2};
+    c.axes = {dtype == BN_BF16 ? -1 : 1};
+    c.shards = dtype == BN_BF16 ? bn_mpi_test::uneven_shards(bn_mpi_test::size())
+                                : bn_mpi_test::empty_shards(bn_mpi_test::size());
+    c.steps = 2;
+    c.seed = 91 + static_cast<uint64_t>(dtype);
+    bn_mpi_test::run_sync_case(c);
+  }
+  for (bn_dtype dtype : {BN_F64, BN_F32}) {
+    SyncCase c;
+    c.name = "residual + ReLU";
+    c.dtype = dtype;
+    c.sample = {2, 5};
+    c.axes = {-1};
+    c.shards = bn_mpi_test::uneven_shards(bn_mpi_test::size());
+    c.residual = true;
+    c.relu = true;
+    c.steps = 3;
+    c.seed = 95;
+    bn_mpi_test::run_sync_case(c);
+  }
+}
