@@ -38,9 +38,11 @@
  *    several threads training layers at once need MPI_THREAD_MULTIPLE and a communicator
  *    per thread (collectives on one communicator must not overlap).
  *  - Results are the same bits on every rank as long as MPI_Allreduce gives every rank the
- *    same sum (Open MPI's and MPICH's algorithms do: each element is reduced once and sent
- *    to all; the tests check it). They differ from one process on the concatenated batch
- *    only by the order of the double-precision sums.
+ *    same sums (an algorithm that reduces each element once and sends the result to all
+ *    does; the tests check it with Open MPI). They differ from one process on the
+ *    concatenated batch only by the order of the double-precision sums.
+ *  - A BN_ERR_CALLBACK on some ranks only leaves the others waiting in a collective or
+ *    with updated statistics: unless every rank failed alike, end the job (MPI_Abort).
  *
  * Every function here appeared in version 1.1.0.
  */
