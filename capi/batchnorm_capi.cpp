@@ -364,10 +364,16 @@ bn_status bn_config_set_relu(bn_config* cfg, int enabled) {
 }
 
 bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user_data) {
-  (void)user_data;
   return guarded("bn_config_set_allreduce", [&] {
     require(cfg, "cfg");
-    if (fn) bn::fail(bn::Status::unsupported, "cross-replica statistics are not available in this version");
+    if (!fn) {
+      cfg->config.allreduce = nullptr;
+      return;
+    }
+    // The callback returns a status and must not unwind; any non-BN_OK fails the call.
+    cfg->config.allreduce = [fn, user_data](double* buffer, int64_t count) {
+      return fn(user_data, buffer, count) == BN_OK;
+    };
   });
 }
 

@@ -17,11 +17,12 @@ endfunction()
 file(READ ${DOXYFILE} base)
 file(WRITE ${OUT}/Doxyfile.strict "${base}\nINPUT = ${STRICT_INPUT}\nWARN_IF_UNDOCUMENTED = YES\n")
 run_doxygen("undocumented entities in ${STRICT_INPUT}" ${OUT}/Doxyfile.strict)
-# 2. The documentation as published: both headers.
+# 2. The documentation as published: every public header.
 run_doxygen("all public headers" ${DOXYFILE})
-# The pages of both headers exist and document the API (a silently empty run would pass
-# above): the C header's file page, the C++ wrapper's classes (exception mode).
-foreach(page batchnorm_8h.html classbatchnorm_1_1throwing_1_1Layer.html classbatchnorm_1_1throwing_1_1Config.html)
+# The pages of the headers exist and document the API (a silently empty run would pass
+# above): the C headers' file pages, the C++ wrapper's classes (exception mode).
+foreach(page batchnorm_8h.html batchnorm__mpi_8h.html classbatchnorm_1_1throwing_1_1Layer.html
+             classbatchnorm_1_1throwing_1_1Config.html)
   if(NOT EXISTS ${OUT}/html/${page})
     message(FATAL_ERROR "Doxygen wrote no ${page}")
   endif()
@@ -30,6 +31,12 @@ file(READ ${OUT}/html/batchnorm_8h.html h)
 foreach(symbol bn_create bn_forward bn_backward bn_fold_into bn_apply_constraints BN_PARAM_GAMMA)
   if(NOT h MATCHES "${symbol}")
     message(FATAL_ERROR "batchnorm_8h.html does not document ${symbol}")
+  endif()
+endforeach()
+file(READ ${OUT}/html/batchnorm__mpi_8h.html h)
+foreach(symbol bn_mpi_allreduce bn_mpi_user_data bn_config_set_mpi bn_mpi_last_error)
+  if(NOT h MATCHES "${symbol}")
+    message(FATAL_ERROR "batchnorm__mpi_8h.html does not document ${symbol}")
   endif()
 endforeach()
 file(READ ${OUT}/html/classbatchnorm_1_1throwing_1_1Layer.html layer)

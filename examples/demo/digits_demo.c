@@ -149,6 +149,8 @@ static void model_init(Model* m, const char* name, int use_bn, const Options* op
   mo.seed = opt->seed; /* the same seed: both nets start from the same dense weights */
   mo.bn_momentum = opt->bn_momentum;
   mo.bn_threads = opt->threads;
+  mo.bn_allreduce = NULL; /* one process (digits_demo_mpi.c: data-parallel) */
+  mo.bn_allreduce_data = NULL;
   m->name = name;
   m->train_seconds = 0.0;
   mlp_init(&m->net, &mo);

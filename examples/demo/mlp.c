@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "dataset.h"
 #include "rng.h"
@@ -33,6 +34,7 @@ static void dense_free(Dense* d) {
 }
 
 static void dense_forward(const Dense* d, const float* x, int batch, float* y) {
+  if (batch == 0) return; /* an empty share of a data-parallel mini-batch */
   /* y (batch x out) = x (batch x in) . W (in x out) */
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, batch, d->out, d->in, 1.0f, x, d->in, d->w, d->out, 0.0f, y,
               d->out);
@@ -46,6 +48,11 @@ static void dense_forward(const Dense* d, const float* x, int batch, float* y) {
  *   dL/db = sum_i dy[i]     (the bias is broadcast over the batch rows)
  *   dL/dx = dy W^T          (skipped when dx is NULL: the first layer needs no input gradient) */
 static void dense_backward(Dense* d, const float* x, const float* dy, int batch, float* dx) {
+  if (batch == 0) { /* an empty share: no gradient (BLAS is not asked for a K = 0 product) */
+    for (int i = 0; i < d->in * d->out; ++i) d->dw[i] = 0.0f;
+    for (int j = 0; d->db != NULL && j < d->out; ++j) d->db[j] = 0.0f;
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d->in, d->out, batch, 1.0f, x, d->in, dy, d->out, 0.0f, d->dw,
               d->out);
   if (d->db != NULL) {
@@ -70,6 +77,8 @@ static bn_layer* batch_norm_create(int features, const MlpOptions* opt) {
   const int32_t axes[1] = {-1}; /* normalize each feature over the batch (the default) */
   BN_TRY(bn_config_set_axes(cfg, axes, 1));
   BN_TRY(bn_config_set_momentum(cfg, opt->bn_momentum)); /* 0.9 by default: why in options.c */
+  /* Data-parallel: statistics and backward reductions over every replica's rows together. */
+  if (opt->bn_allreduce != NULL) BN_TRY(bn_config_set_allreduce(cfg, opt->bn_allreduce, opt->bn_allreduce_data));
   const int64_t shape[2] = {opt->max_batch, features};
   bn_layer* layer = NULL;
   BN_TRY(bn_create(cfg, shape, 2, &layer));
@@ -190,7 +199,7 @@ static double softmax_row(float* z, int label, int* argmax) {
 }
 
 BatchResult mlp_forward(Mlp* net, const float* x, const int* labels, int batch) {
-  if (batch < 1 || batch > net->max_batch) die("mlp_forward: batch %d out of range", batch);
+  if (batch < 0 || batch > net->max_batch) die("mlp_forward: batch %d out of range", batch);
   const float* in = x;
   for (int l = 0; l < MLP_HIDDEN_LAYERS; ++l) {
     hidden_forward(&net->hidden[l], in, batch);
@@ -207,9 +216,14 @@ BatchResult mlp_forward(Mlp* net, const float* x, const int* labels, int batch) 
 }
 
 void mlp_backward(Mlp* net, const float* x, const int* labels, int batch) {
-  /* Mean cross-entropy L = -(1/m) sum_i log p[i][y_i] over softmax p: the Jacobian of the
-   * softmax folds into dL/dlogit[i][j] = (p[i][j] - [j == y_i]) / m. */
-  const float inv_m = 1.0f / (float)batch;
+  mlp_backward_share(net, x, labels, batch, batch);
+}
+
+void mlp_backward_share(Mlp* net, const float* x, const int* labels, int batch, int total_rows) {
+  /* Mean cross-entropy L = -(1/m) sum_i log p[i][y_i] over softmax p (m = total_rows, the
+   * whole mini-batch): the Jacobian of the softmax folds into
+   * dL/dlogit[i][j] = (p[i][j] - [j == y_i]) / m. */
+  const float inv_m = 1.0f / (float)total_rows;
   for (int i = 0; i < batch; ++i)
     for (int j = 0; j < DIGITS_CLASSES; ++j) {
       size_t k = (size_t)i * DIGITS_CLASSES + j;
@@ -228,4 +242,50 @@ void mlp_sgd_step(Mlp* net, float lr) {
   for (int l = 0; l < MLP_HIDDEN_LAYERS; ++l) hidden_sgd(&net->hidden[l], lr);
   sgd(net->head.w, net->head.dw, net->head.in * net->head.out, lr);
   sgd(net->head.b, net->head.db, net->head.out, lr);
+}
+
+/* ---- gradients as one array (data-parallel training) ---------------------------------- */
+
+/* Calls fn on every gradient array in a fixed order. */
+static void for_each_gradient(const Mlp* net, void (*fn)(float* grad, int n, void* ctx), void* ctx) {
+  for (int l = 0; l < MLP_HIDDEN_LAYERS; ++l) {
+    const Hidden* h = &net->hidden[l];
+    fn(h->dense.dw, h->dense.in * h->dense.out, ctx);
+    if (h->dense.db != NULL) fn(h->dense.db, h->dense.out, ctx);
+    if (h->bn != NULL) {
+      fn(h->dgamma, h->dense.out, ctx);
+      fn(h->dbeta, h->dense.out, ctx);
+    }
+  }
+  fn(net->head.dw, net->head.in * net->head.out, ctx);
+  fn(net->head.db, net->head.out, ctx);
+}
+
+typedef struct {
+  float* buffer;
+  int offset;
+  int pack; /* 1: gradients -> buffer, 0: buffer -> gradients, -1: count only */
+} Packer;
+
+static void pack_one(float* grad, int n, void* ctx) {
+  Packer* p = ctx;
+  if (p->pack == 1) memcpy(p->buffer + p->offset, grad, (size_t)n * sizeof(float));
+  if (p->pack == 0) memcpy(grad, p->buffer + p->offset, (size_t)n * sizeof(float));
+  p->offset += n;
+}
+
+int mlp_gradient_count(const Mlp* net) {
+  Packer p = {NULL, 0, -1};
+  for_each_gradient(net, pack_one, &p);
+  return p.offset;
+}
+
+void mlp_pack_gradients(const Mlp* net, float* out) {
+  Packer p = {out, 0, 1};
+  for_each_gradient(net, pack_one, &p);
+}
+
+void mlp_unpack_gradients(Mlp* net, const float* in) {
+  Packer p = {(float*)in, 0, 0};
+  for_each_gradient(net, pack_one, &p);
 }

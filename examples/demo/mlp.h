@@ -44,6 +44,10 @@ typedef struct {
   uint64_t seed;      /* He init; equal seeds give equal dense weights */
   double bn_momentum; /* Keras momentum of the moving statistics */
   int32_t bn_threads; /* bn_set_num_threads: 0 = caller's arena */
+  /* Data-parallel training: the cross-replica callback of the batch norm layers
+   * (bn_config_set_allreduce), NULL for one process. */
+  bn_allreduce_fn bn_allreduce;
+  void* bn_allreduce_data;
 } MlpOptions;
 
 typedef struct {
@@ -55,10 +59,20 @@ void mlp_init(Mlp* net, const MlpOptions* opt);
 void mlp_free(Mlp* net);
 /* Training mode: batch statistics (and moving-statistic updates); else the moving statistics. */
 void mlp_set_training(Mlp* net, int training);
-/* Forward pass over batch rows (1 <= batch <= max_batch), keeping what backward needs. */
+/* Forward pass over batch rows (1 <= batch <= max_batch; 0 is allowed for a data-parallel
+ * replica whose share of a mini-batch is empty), keeping what backward needs. */
 BatchResult mlp_forward(Mlp* net, const float* x, const int* labels, int batch);
 /* Gradients of the mean loss of the last forward (same x, labels, batch). */
 void mlp_backward(Mlp* net, const float* x, const int* labels, int batch);
+/* The same for a replica holding `batch` of the mini-batch's `total_rows` rows: the loss is
+ * the mean over all total_rows rows, so the replicas' gradients sum to the mini-batch's. */
+void mlp_backward_share(Mlp* net, const float* x, const int* labels, int batch, int total_rows);
+/* Every parameter gradient (dense weights and biases, batch norm dgamma and dbeta) packed
+ * into one array of mlp_gradient_count floats, and back: a replica sums them across replicas
+ * in between. */
+int mlp_gradient_count(const Mlp* net);
+void mlp_pack_gradients(const Mlp* net, float* out);
+void mlp_unpack_gradients(Mlp* net, const float* in);
 /* Plain SGD: p -= lr * dL/dp for every weight, bias, gamma and beta. */
 void mlp_sgd_step(Mlp* net, float lr);
 

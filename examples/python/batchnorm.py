@@ -299,8 +299,8 @@ class Config:
     "auto", "biased" (ONNX) or "unbiased" (PyTorch); cumulative_average: PyTorch
     momentum=None; single_value: "compute" (Keras) or "reject" (PyTorch); relu: fused ReLU
     epilogue. renorm (with renorm_clipping {rmax, rmin, dmax} and renorm_momentum),
-    virtual_batch_size and adjustment as Keras; allreduce is passed on as given (version
-    1.0.0 answers BN_ERR_UNSUPPORTED when it is switched on).
+    virtual_batch_size and adjustment as Keras; allreduce: cross-replica (synchronized)
+    statistics, see bn_config_set_allreduce.
 
     adjustment(shape, scale, bias) fills the float64 arrays scale and bias in place;
     allreduce(buffer) sums the float64 array in place across replicas. A Python exception

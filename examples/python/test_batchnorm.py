@@ -398,13 +398,39 @@ class ErrorTests(Checks):
         with self.assertRaises(TypeError):
             bn.Config(dtype=np.int32)
         self.assertEqual(bn.Config(dtype="float64").param_dtype, np.float64)  # numpy spellings
-        # switched on, the options version 1.0.0 does not offer are refused by the library
-        for kwargs, fn in (({"allreduce": lambda buf: None}, "bn_config_set_allreduce"),):
-            with self.subTest(option=fn):
-                with self.assertRaises(bn.BatchNormError) as cm:
-                    bn.Config(**kwargs)
-                self.assertEqual(cm.exception.status, bn.BN_ERR_UNSUPPORTED)
-                self.assertTrue(cm.exception.message.startswith(fn + ":"), cm.exception.message)
+
+    def test_allreduce(self):
+        """Cross-replica statistics without a second process: a callback that doubles the sums is
+        two replicas holding the same batch, so the layer must act as one layer on the batch
+        stacked twice (dgamma/dbeta are its share: half). A raising callback is BN_ERR_CALLBACK."""
+        rng = np.random.default_rng(8)
+        x = rng.normal(3.0, 2.0, (5, 4))
+        dy = rng.normal(0.0, 1.0, (5, 4))
+        counts = []
+        def twice(buf):
+            counts.append(buf.size)
+            buf *= 2.0
+        synced = bn.Layer(bn.Config(dtype=np.float64, allreduce=twice), (5, 4))
+        single = bn.Layer(bn.Config(dtype=np.float64), (10, 4))
+        synced.training = single.training = True
+        y = synced.forward(x)
+        y2 = single.forward(np.concatenate([x, x]))
+        np.testing.assert_allclose(y, y2[:5], rtol=1e-12, atol=1e-12)
+        dx, dg, db = synced.backward(x, dy)
+        dx2, dg2, db2 = single.backward(np.concatenate([x, x]), np.concatenate([dy, dy]))
+        np.testing.assert_allclose(dx, dx2[:5], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dg, dg2 / 2, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(db, db2 / 2, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(synced.moving_variance, single.moving_variance, rtol=1e-12)
+        self.assertEqual(counts, [2 + 2 * 4, 2 * 4])  # one collective per forward and backward
+        def broken(buf):
+            raise RuntimeError("the network is down")
+        layer = bn.Layer(bn.Config(allreduce=broken), (4, 3))
+        layer.training = True
+        with self.assertRaises(bn.BatchNormError) as cm:
+            layer.forward(np.ones((4, 3), np.float32))
+        self.assertEqual(cm.exception.status, bn.BN_ERR_CALLBACK)
+        self.assertIsInstance(cm.exception.__cause__, RuntimeError)
 
     def test_float16_and_bfloat16_layers(self):
         """16-bit activations (float32 parameters): within one 16-bit rounding of the float32

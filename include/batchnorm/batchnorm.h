@@ -161,8 +161,12 @@ typedef int32_t bn_constraint;
 typedef bn_status (*bn_adjustment_fn)(void* user_data, const int64_t* shape, int32_t ndim,
                                       double* scale, double* bias, int64_t num_features);
 
-/** Cross-replica statistics: sums `count` doubles in place across all replicas.
- * A collective: every replica calls it the same number of times with the same count. */
+/** Cross-replica statistics: sums the `count` doubles of `buffer` in place across all replicas
+ * and leaves the same sums, bitwise, on every replica (as MPI_Allreduce with MPI_SUM does when
+ * every rank sums in one order). A collective: every replica's layer calls it the same number
+ * of times with the same counts, in the same order (bn_config_set_allreduce says when). Called
+ * on the thread that called the layer. A non-BN_OK return fails that call with BN_ERR_CALLBACK
+ * and changes nothing on that replica. Must not unwind. */
 typedef bn_status (*bn_allreduce_fn)(void* user_data, double* buffer, int64_t count);
 
 /* ------------------------------------------------------------------------ */
@@ -219,7 +223,33 @@ BN_API bn_status bn_config_set_single_value_policy(bn_config* cfg, bn_single_val
 /** Fused epilogue: a ReLU after the normalization (and after the residual of
  *  bn_forward_residual): y = max(bn(x) [+ residual], 0). Default 0. */
 BN_API bn_status bn_config_set_relu(bn_config* cfg, int enabled);
-/** Synchronized batch norm across replicas; fn NULL = off. */
+/** Synchronized batch normalization across replicas (Keras synchronized=True), working since
+ *  1.1.0 (1.0.0 refused a callback with BN_ERR_UNSUPPORTED); fn NULL = off. With a callback,
+ *  training-mode forwards compute their statistics, and bn_backward its reductions, over the
+ *  global batch: the concatenation of every replica's batch. Replicas may hold different batch
+ *  sizes, empty ones included (an empty replica still takes part and updates its moving
+ *  statistics like the others). The collectives, F = bn_num_features (G*bn_num_features with
+ *  ghost batches, G = batch/virtual_batch_size):
+ *   - a forward that computes batch statistics (training, or BN_MODE_UPDATE_MOVING): one of
+ *     2 + 2*F doubles, and a second one of at most F doubles only for features whose global mean
+ *     lies more than 64 standard deviations from the previous synchronized forward's (the
+ *     first step, or a jump of the data), which keeps the variance exact (no E[x^2]-E[x]^2);
+ *   - bn_backward* of a forward that normalized with the batch statistics: one of 2*F doubles,
+ *     whichever outputs are requested;
+ *   - inference forwards and the other backwards: none.
+ *  Every decision is taken from the sums, so all replicas take it alike, and their moving and
+ *  renorm statistics stay bitwise identical. The single-value policy, Bessel's factor, renorm
+ *  and the moving statistics use the global batch. dgamma and dbeta are the replica's share:
+ *  summed over the replicas (as data-parallel training sums parameter gradients) they are the
+ *  global batch's gradient, with a configured regularizer's gradient counted once (each replica
+ *  adds 1/R of it, R the replica count of its latest forward collective, 1 before the first).
+ *  fused AUTO then means OFF (Keras: synchronized forces the non-fused path); ON is honoured,
+ *  with the global count in Bessel's factor (as PyTorch's SyncBatchNorm). Ghost batches follow
+ *  Keras' SyncBatchNormalization: ghost j is the union of every replica's ghost j, which needs
+ *  the same batch size on every replica (different sizes make counts differ: a broken contract).
+ *  A call that fails before its collective (bad arguments, shape, a failing adjustment) does
+ *  not take part in it: the caller's collective must cope (e.g. abort). user_data is borrowed:
+ *  it must outlive every layer created from this config. */
 BN_API bn_status bn_config_set_allreduce(bn_config* cfg, bn_allreduce_fn fn, void* user_data);
 
 /* ------------------------------------------------------------------------ */

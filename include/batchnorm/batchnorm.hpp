@@ -381,11 +381,11 @@ class Config {
   Config& set_keras_rules(bn_keras_rules rules) {
     return live() ? record(bn_config_set_keras_rules(handle_, rules)) : *this;
   }
-  /// bn_config_set_renorm (enabled is BN_ERR_UNSUPPORTED in 1.0).
+  /// bn_config_set_renorm: batch renormalization; enabled false turns it off.
   Config& set_renorm(bool enabled, double rmax, double rmin, double dmax, double renorm_momentum) {
     return live() ? record(bn_config_set_renorm(handle_, enabled ? 1 : 0, rmax, rmin, dmax, renorm_momentum)) : *this;
   }
-  /// bn_config_set_virtual_batch_size: 0 = off (other sizes are BN_ERR_UNSUPPORTED in 1.0).
+  /// bn_config_set_virtual_batch_size: ghost batch normalization; 0 = off.
   Config& set_virtual_batch_size(int64_t size) {
     return live() ? record(bn_config_set_virtual_batch_size(handle_, size)) : *this;
   }
@@ -407,7 +407,8 @@ class Config {
   }
   /// bn_config_set_relu: a fused ReLU after the normalization (and the residual).
   Config& set_relu(bool enabled) { return live() ? record(bn_config_set_relu(handle_, enabled ? 1 : 0)) : *this; }
-  /// bn_config_set_allreduce: fn NULL = off. fn must not throw (it is called from C).
+  /// bn_config_set_allreduce: cross-replica (synchronized) statistics; fn NULL = off. fn must
+  /// not throw (it is called from C); user_data must outlive the layers made from this config.
   Config& set_allreduce(bn_allreduce_fn fn, void* user_data) {
     return live() ? record(bn_config_set_allreduce(handle_, fn, user_data)) : *this;
   }

@@ -33,6 +33,11 @@ struct Renorm {
 using Adjustment = std::function<bool(const int64_t* shape, int32_t ndim, double* scale, double* bias,
                                       int64_t features)>;
 
+// Cross-replica statistics (synchronized batch norm): sums `count` doubles in place across all
+// replicas, leaving the same values on every replica; returns false to fail the call. A
+// collective: layer_sync.cpp says when the layer calls it and with what.
+using Allreduce = std::function<bool(double* buffer, int64_t count)>;
+
 struct Config {
   std::vector<int32_t> axes{-1};
   double momentum = 0.99;
@@ -51,6 +56,7 @@ struct Config {
   Renorm renorm;
   int64_t virtual_batch_size = 0;  // ghost batch norm; 0 = off
   Adjustment adjustment;           // empty = off
+  Allreduce allreduce;             // empty = off (statistics of the local batch)
 };
 
 // Limits of the layer.

@@ -232,11 +232,12 @@ double regularizer_loss(const Regularizer& reg, const std::vector<double>& w) {
   return loss;
 }
 
-void add_regularizer_gradient(const Regularizer& reg, const std::vector<double>& w, std::vector<double>& grad) {
+void add_regularizer_gradient(const Regularizer& reg, const std::vector<double>& w, std::vector<double>& grad,
+                              double divisor) {
   if (!reg.active()) return;
   for (size_t i = 0; i < w.size(); ++i) {
     const double sign = w[i] > 0 ? 1.0 : (w[i] < 0 ? -1.0 : 0.0);
-    grad[i] += reg.l1 * sign + 2.0 * reg.l2 * w[i];
+    grad[i] += (reg.l1 * sign + 2.0 * reg.l2 * w[i]) / divisor;
   }
 }
 

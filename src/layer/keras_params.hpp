@@ -41,8 +41,10 @@ std::vector<double> initial_values(const Initializer& init, int64_t count, uint6
 
 // l1*sum|w| + l2*sum w^2, summed in order in double.
 double regularizer_loss(const Regularizer& reg, const std::vector<double>& w);
-// grad += l1*sign(w) + 2*l2*w (sign(0) = 0).
-void add_regularizer_gradient(const Regularizer& reg, const std::vector<double>& w, std::vector<double>& grad);
+// grad += (l1*sign(w) + 2*l2*w) / divisor (sign(0) = 0); the divisor is the replica count of a
+// synchronized layer (1 otherwise, which is exact).
+void add_regularizer_gradient(const Regularizer& reg, const std::vector<double>& w, std::vector<double>& grad,
+                              double divisor = 1.0);
 
 // The constrained parameter, rounded to the storage type; `storage` as storage_shape.
 // Throws Error(nonfinite) when a result is not finite (e.g. sum w^2 overflows).

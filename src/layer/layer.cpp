@@ -109,7 +109,10 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim)
     if (axes_.kept[d]) normalized.push_back(d);
   }
   const bool rank45 = ndim == 4 || ndim == 5;
-  if (config.fused == Fused::off) {
+  if (config.fused == Fused::off || (config.fused == Fused::automatic && config.allreduce)) {
+    // Keras' synchronized=True forces the non-fused path (and raises on fused=True, which
+    // the library honours instead, with the global count in Bessel's factor, as PyTorch's
+    // SyncBatchNorm does).
     fused_ = false;
   } else if (config.rules == KerasRules::v1) {
     // V1 decides in build, after the axes were normalized; fused=True is only a preference.
@@ -161,6 +164,10 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim)
   work_b_.assign(c, 0.0);
   work_c_.assign(c, 0.0);
   work_d_.assign(c, 0.0);
+  if (config_.allreduce) {
+    sync_.resize(c);
+    sync_shift_.assign(c, 0.0);
+  }
   if (config_.dtype == DType::f64) {
     infer_f64_.resize(c);
     call_f64_.resize(c);

@@ -135,6 +135,23 @@ class Layer {
   template <class T> PerFeature<T>& call_constants();
   template <class T> PerFeature<T>& relu_constants();
   void write_params(const std::vector<double>& values, void* out) const;
+
+  // Cross-replica statistics (layer_sync.cpp). Scratch for the collectives over `features`
+  // per-feature statistics (C for the layer, G*C for ghost batches), sized with the plan so
+  // that a steady-state call allocates nothing.
+  struct SyncScratch {
+    std::vector<double> buffer;    // 2 + 2*features: the collectives' payload
+    std::vector<double> mean, m2;  // the local moments, kept for the second round
+    std::vector<int64_t> poor;     // features whose shift was poor (second round)
+    void resize(size_t features);
+  };
+  bool synchronized() const { return static_cast<bool>(config_.allreduce); }
+  // One collective (throws Error(callback) when the callback fails).
+  void allreduce(double* buffer, int64_t count, const char* what);
+  // In: per feature, the local mean and M2 of `count` values; out: the global batch's mean and
+  // M2. Returns the global count; `replicas` receives the replica count.
+  double reduce_moments(SyncScratch& s, int64_t features, double count, double* mean, double* m2,
+                        double& replicas);
   const std::vector<double>& renorm_param(Param which) const;  // throws unless renorm is on
   void init_keras_params();
   void check_fits(const Layer& other) const;  // load(): same structure, or throws
@@ -183,6 +200,14 @@ class Layer {
   std::vector<double> saved_center_;   // its moving mean, when it normalized with the moving statistics
   bool have_batch_statistics_ = false;
 
+  // Cross-replica statistics: the shift of the first round per feature (the global mean of
+  // the previous synchronized training forward, 0 before: identical on every replica by
+  // construction), the replica count and the saved forward's global values per feature.
+  SyncScratch sync_;
+  std::vector<double> sync_shift_;
+  double replicas_ = 1.0;
+  double saved_count_ = 0.0;
+
   // Scratch planned per shape: partial rows (o_blocks x features) and per-feature work.
   ShapePlan plan_;
   bool plan_valid_ = false;
@@ -200,6 +225,8 @@ class Layer {
     std::vector<double> mean, var, inv, partial_a, partial_b, sum_dy, sum_dyxc;
     PerFeature<float> fwd_f32, call_f32;  // the forward's folded transform; backward constants
     PerFeature<double> fwd_f64, call_f64;
+    SyncScratch sync;      // with an allreduce callback: G*C features
+    double count = 0;      // values per ghost and feature of the saved forward (global batch)
   };
   Ghost ghost_;
   Ghost& ghost_for(const int64_t* shape, int32_t ndim);

@@ -54,9 +54,14 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
   // work_c_ holds dgamma, work_d_ dbeta (zero where the parameter is absent or frozen).
   std::vector<double>& dg = work_c_;
   std::vector<double>& db = work_d_;
-  if (param_grads) {  // Keras adds the regularizers' gradients (B.8); absent parameters are zeroed below
-    add_regularizer_gradient(config_.keras.gamma_regularizer, gamma_, dg);
-    add_regularizer_gradient(config_.keras.beta_regularizer, beta_, db);
+  if (param_grads) {
+    // Keras adds the regularizers' gradients (B.8); absent parameters are zeroed below. With a
+    // callback each replica reports its share of the global gradient, so it adds 1/R of the
+    // regularizer's: the sum over the replicas counts it once (R from the latest collective
+    // of a forward, 1 before the first).
+    const double share = synchronized() ? replicas_ : 1.0;
+    add_regularizer_gradient(config_.keras.gamma_regularizer, gamma_, dg, share);
+    add_regularizer_gradient(config_.keras.beta_regularizer, beta_, db, share);
   }
   for (size_t f = 0; f < dg.size(); ++f) {
     dg[f] = param_grads && config_.scale ? round_param(dg[f]) : 0.0;
@@ -110,18 +115,25 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     dgamma[f] = 0.0;
     dbeta[f] = 0.0;
   }
-  if (plan.elements == 0) return;
-  const double m = static_cast<double>(plan.per_feature);
-  // From the sums of feature f (taken around pf.center): parameter gradients and dx constants.
-  // With the batch statistics, y = g*(a_s*(r*xhat + d) + a_b) + b with r, d, a_s, a_b constants:
-  // dx as above with g*a_s*r for g; dgamma = a_s*r*s*Sxc + (a_s*d + a_b)*Sdy.
-  auto coefficients = [&](int64_t f, double sdy, double sxc_c) {
-    const double delta = center[f] - static_cast<double>(pf.center[f]);
-    const double sxc = sxc_c - delta * sdy;
+  // With a callback, the sums of a batch-statistics forward are global (layer_sync.cpp): even
+  // an empty replica takes part in the collective.
+  const bool sync = batch && synchronized();
+  if (plan.elements == 0 && !sync) return;
+  const double m = sync ? saved_count_ : static_cast<double>(plan.per_feature);
+  // From the sums of feature f (sdy = Sdy, sxc = Sxc around the saved centre): parameter
+  // gradients and dx constants. With the batch statistics, y = g*(a_s*(r*xhat + d) + a_b) + b
+  // with r, d, a_s, a_b constants: dx as above with g*a_s*r for g;
+  // dgamma = a_s*r*s*Sxc + (a_s*d + a_b)*Sdy.
+  auto gradients = [&](int64_t f, double sdy, double sxc) {
     const double r = batch ? saved_r_[f] : 1.0, d = batch ? saved_d_[f] : 0.0;
     const double as = batch ? saved_adj_scale_[f] : 1.0, ab = batch ? saved_adj_bias_[f] : 0.0;
     dgamma[f] = as * r * inv[f] * sxc + (as * d + ab) * sdy;
     dbeta[f] = sdy;
+  };
+  auto dx_constants = [&](int64_t f, double sdy, double sxc) {
+    const double delta = center[f] - static_cast<double>(pf.center[f]);
+    const double r = batch ? saved_r_[f] : 1.0;
+    const double as = batch ? saved_adj_scale_[f] : 1.0;
     const double k_dy = gamma_[f] * as * r * inv[f];
     const double k_x = batch ? -(k_dy * inv[f] * inv[f] * sxc) / m : 0.0;
     const double k_c = batch ? -(k_dy * sdy) / m : 0.0;
@@ -129,11 +141,17 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     pf.k2[f] = static_cast<C>(k_x);
     pf.k3[f] = static_cast<C>(k_c - k_x * delta);
   };
+  // The kernels' sums are taken around pf.center (sxc_c): Sxc = sxc_c - delta*Sdy.
+  auto coefficients = [&](int64_t f, double sdy, double sxc_c) {
+    const double sxc = sxc_c - (center[f] - static_cast<double>(pf.center[f])) * sdy;
+    gradients(f, sdy, sxc);
+    dx_constants(f, sdy, sxc);
+  };
   const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
   const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
                                            pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual,
                                            stream_output<T>(plan)};
-  const bool elementwise = dx || dresidual;
+  const bool elementwise = (dx || dresidual) && plan.elements > 0;
 
   if (!batch && !param_grads) {
     // Inference without parameter gradients: dx = (g*s_mv)*dy needs no reduction.
@@ -142,7 +160,7 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     if (elementwise) executor_.for_blocks(sg.count(), [&](int64_t b) { k.backward_dx(dx_args, sg.block(g, b)); });
     return;
   }
-  if (grid.o_blocks == 1) {
+  if (grid.o_blocks == 1 && !sync) {
     // Blocks hold all rows of their features: sums, constants and dx while x and dy are in cache.
     executor_.for_blocks(grid.count(), [&](int64_t b) {
       const kernels::Block block = grid.block(g, b);
@@ -154,13 +172,18 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     });
     return;
   }
-  executor_.for_blocks(grid.count(), [&](int64_t b) {
-    const int64_t bo = b / grid.s_blocks;
-    kernels::BackwardSumsArgs<T> args = sums;
-    args.sum_dy = partial_a_.data() + bo * c;
-    args.sum_dyxc = partial_b_.data() + bo * c;
-    k.backward_sums(args, grid.block(g, b));
-  });
+  if (plan.elements > 0) {
+    executor_.for_blocks(grid.count(), [&](int64_t b) {
+      const int64_t bo = b / grid.s_blocks;
+      kernels::BackwardSumsArgs<T> args = sums;
+      args.sum_dy = partial_a_.data() + bo * c;
+      args.sum_dyxc = partial_b_.data() + bo * c;
+      k.backward_sums(args, grid.block(g, b));
+    });
+  }
+  // With a callback: the replica's share of dgamma/dbeta from its local sums, and the local
+  // sums into the collective's buffer [Sdy (C values), Sxc (C values)].
+  double* global = sync ? sync_.buffer.data() : nullptr;
   executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
     const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
     for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
@@ -169,9 +192,20 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
         a += partial_a_[bo * c + f];
         b += partial_b_[bo * c + f];
       }
-      coefficients(f, a, b);
+      if (!sync) {
+        coefficients(f, a, b);
+        continue;
+      }
+      const double sxc = b - (center[f] - static_cast<double>(pf.center[f])) * a;
+      gradients(f, a, sxc);
+      global[f] = a;
+      global[c + f] = sxc;
     }
   });
+  if (sync) {
+    allreduce(global, 2 * c, "the backward's sums");
+    for (int64_t f = 0; f < c; ++f) dx_constants(f, global[f], global[c + f]);
+  }
   const BlockGrid& sg = plan.stream_grid;
   if (elementwise) executor_.for_blocks(sg.count(), [&](int64_t b) { k.backward_dx(dx_args, sg.block(g, b)); });
 }

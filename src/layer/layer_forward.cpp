@@ -70,11 +70,17 @@ void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const 
 template <class T>
 void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   const T* x = static_cast<const T*>(io.x);
-  const int64_t m = plan.per_feature;
-  if (m == 1 && config_.single_value == SingleValue::reject) {
-    fail(Status::shape, "training needs more than one value per feature (single-value policy REJECT); shape " +
-                            shape_text(plan.shape, plan.ndim) + " has 1");
-  }
+  const bool sync = synchronized();
+  // Values per feature: of the local batch, or of the global one with a callback (below).
+  double m = static_cast<double>(plan.per_feature);
+  auto check_single_value = [&] {
+    if (m == 1 && config_.single_value == SingleValue::reject) {
+      fail(Status::shape, "training needs more than one value per feature (single-value policy REJECT); " +
+                              (sync ? std::string("the global batch of all replicas") : "shape " + shape_text(plan.shape, plan.ndim)) +
+                              " has 1");
+    }
+  };
+  if (!sync) check_single_value();
   const bool batch = uses_batch_statistics();
   const bool renorm = batch && config_.renorm.enabled;
   const bool adjust = batch && static_cast<bool>(config_.adjustment);
@@ -128,21 +134,24 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
                                        config_.relu,
                                        stream_output<T>(plan)};
 
-  if (plan.elements > 0) {
-    if (grid.o_blocks == 1) {
-      // Every block holds all rows of its features, so its statistics are final: normalize
-      // it right away, while it is still in cache (x is read from memory once).
-      executor_.for_blocks(grid.count(), [&](int64_t b) {
-        const kernels::Block block = grid.block(g, b);
-        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data(), partial_b_.data()}, block);
-        const double count = grid.count_per_feature(g, 0);
-        int64_t f0, f1;
-        kernels::block_features(g, block, f0, f1);
-        for (int64_t f = f0; f < f1; ++f) transform(f, partial_a_[f], std::max(0.0, partial_b_[f] / count));
-        k.normalize(norm, block);
-      });
-    } else {
-      // Per-block two-pass moments, Chan's merge in block order per feature, then normalize.
+  double replicas = 1.0;
+  if (plan.elements > 0 && grid.o_blocks == 1 && !sync) {
+    // Every block holds all rows of its features, so its statistics are final: normalize
+    // it right away, while it is still in cache (x is read from memory once). Not with a
+    // callback: the statistics must be global before anything is normalized.
+    executor_.for_blocks(grid.count(), [&](int64_t b) {
+      const kernels::Block block = grid.block(g, b);
+      k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data(), partial_b_.data()}, block);
+      const double count = grid.count_per_feature(g, 0);
+      int64_t f0, f1;
+      kernels::block_features(g, block, f0, f1);
+      for (int64_t f = f0; f < f1; ++f) transform(f, partial_a_[f], std::max(0.0, partial_b_[f] / count));
+      k.normalize(norm, block);
+    });
+  } else {
+    // Per-block two-pass moments, Chan's merge in block order per feature (work_a_ the mean,
+    // work_b_ M2), the collective (layer_sync.cpp), then normalize.
+    if (plan.elements > 0) {
       executor_.for_blocks(grid.count(), [&](int64_t b) {
         const int64_t bo = b / grid.s_blocks;
         k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c},
@@ -155,13 +164,31 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
           for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
             kernels::merge_into(acc, grid.count_per_feature(g, bo), partial_a_[bo * c + f], partial_b_[bo * c + f]);
           }
-          transform(f, acc.mean, std::max(0.0, acc.m2 / acc.count));
+          work_a_[f] = acc.mean;
+          work_b_[f] = acc.m2;
         }
       });
+    } else {
+      std::fill(work_a_.begin(), work_a_.end(), 0.0);
+      std::fill(work_b_.begin(), work_b_.end(), 0.0);
+    }
+    if (sync) {
+      m = reduce_moments(sync_, c, m, work_a_.data(), work_b_.data(), replicas);
+      check_single_value();
+    }
+    if (m > 0) {
+      executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
+        const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
+        for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) transform(f, work_a_[f], std::max(0.0, work_b_[f] / m));
+      });
+    }
+    if (plan.elements > 0) {
       const BlockGrid& sg = plan.stream_grid;
       executor_.for_blocks(sg.count(), [&](int64_t b) { k.normalize(norm, sg.block(g, b)); });
     }
+  }
 
+  if (m > 0) {
     // Commit: nothing below can fail.
     if (!batch) {
       // The forward normalized with the moving statistics as they were: its backward needs
@@ -171,7 +198,13 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
         work_d_[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
       }
     }
-    if (mode_ & kUpdateMoving) update_moving_statistics(m);
+    if (mode_ & kUpdateMoving) update_moving_statistics(static_cast<int64_t>(m));
+    if (sync) {
+      for (int64_t f = 0; f < c; ++f) {
+        if (std::isfinite(work_a_[f])) sync_shift_[f] = work_a_[f];
+      }
+      replicas_ = replicas;
+    }
     batch_mean_.swap(work_a_);
     batch_variance_.swap(work_b_);
     saved_inv_std_.swap(work_d_);
@@ -189,14 +222,16 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     }
     if (config_.relu) relu_constants<C>() = used;  // sizes match: copies, no allocation
   }
-  // An empty batch normalizes nothing and leaves the statistics alone (Keras' rule for
-  // zero-size inputs); it still has a (zero) gradient.
+  // An empty (global) batch normalizes nothing and leaves the statistics alone (Keras' rule
+  // for zero-size inputs); it still has a (zero) gradient. A replica with an empty local
+  // batch still takes part in the collectives and updates its statistics like the others.
   saved_.valid = true;
   saved_.batch_statistics = batch;
   saved_.training_forward = true;
   saved_.residual = io.residual != nullptr;
   saved_.ghost = false;
   saved_.ndim = plan.ndim;
+  saved_count_ = m;
   std::copy(plan.shape, plan.shape + plan.ndim, saved_.shape);
 }
 

@@ -46,6 +46,7 @@ Layer::Ghost& Layer::ghost_for(const int64_t* shape, int32_t ndim) {
   for (auto* v : {&gh.mean, &gh.var, &gh.inv, &gh.sum_dy, &gh.sum_dyxc}) v->assign(f, 0.0);
   gh.partial_a.assign(rows, 0.0);
   gh.partial_b.assign(rows, 0.0);
+  if (synchronized()) gh.sync.resize(f);
   if (config_.dtype == DType::f64) {
     gh.fwd_f64.resize(f);
     gh.call_f64.resize(f);
@@ -66,11 +67,17 @@ Layer::Ghost& Layer::ghost_for(const int64_t* shape, int32_t ndim) {
 template <class T>
 void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
   const ShapePlan& plan = gh.plan;
-  const int64_t m = plan.per_feature;  // values per ghost and feature
-  if (m == 1 && config_.single_value == SingleValue::reject) {
-    fail(Status::shape, "training needs more than one value per feature and ghost batch (single-value policy "
-                        "REJECT); each ghost batch has 1");
-  }
+  const bool sync = synchronized();
+  // Values per ghost and feature: of the local batch, or of the union of every replica's
+  // ghost (Keras' SyncBatchNormalization) with a callback.
+  double m = static_cast<double>(plan.per_feature);
+  auto check_single_value = [&] {
+    if (m == 1 && config_.single_value == SingleValue::reject) {
+      fail(Status::shape, "training needs more than one value per feature and ghost batch (single-value policy "
+                          "REJECT); each ghost batch has 1");
+    }
+  };
+  if (!sync) check_single_value();
   const kernels::Geometry& g = plan.geometry;
   const BlockGrid& grid = plan.grid;
   const int64_t fv = g.features, c = axes_.features, ghosts = fv / c;
@@ -89,7 +96,15 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
       kernels::merge_into(acc, grid.count_per_feature(g, bo), gh.partial_a[bo * fv + f], gh.partial_b[bo * fv + f]);
     }
     gh.mean[f] = acc.mean;
-    gh.var[f] = std::max(0.0, acc.m2 / acc.count);
+    gh.var[f] = acc.m2;
+  }
+  double replicas = 1.0;
+  if (sync) {
+    m = reduce_moments(gh.sync, fv, m, gh.mean.data(), gh.var.data(), replicas);
+    check_single_value();
+  }
+  for (int64_t f = 0; f < fv; ++f) {
+    gh.var[f] = std::max(0.0, gh.var[f] / m);
     gh.inv[f] = 1.0 / std::sqrt(gh.var[f] + epsilon_);
   }
   // The plain average over ghosts (B.3), for the moving statistics and renorm.
@@ -138,7 +153,14 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
       saved_inv_std_[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
     }
   }
-  if (mode_ & kUpdateMoving) update_moving_statistics(m);
+  if (mode_ & kUpdateMoving) update_moving_statistics(static_cast<int64_t>(m));
+  if (sync) {
+    for (int64_t f = 0; f < c; ++f) {
+      if (std::isfinite(work_a_[f])) sync_shift_[f] = work_a_[f];
+    }
+    replicas_ = replicas;
+  }
+  gh.count = m;
   std::copy(work_a_.begin(), work_a_.end(), batch_mean_.begin());
   std::copy(work_b_.begin(), work_b_.end(), batch_variance_.begin());
   have_batch_statistics_ = true;
@@ -188,9 +210,24 @@ void Layer::backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads) {
                                       gh.partial_b.data() + bo * fv, gate};
     k.backward_sums(args, grid.block(g, b));
   });
-  const double m = static_cast<double>(plan.per_feature);
+  // With a callback the per-ghost sums are global (the union of every replica's ghost j):
+  // the replica's share of dgamma/dbeta from its local sums, dx from the global ones.
+  const bool sync = synchronized();
+  const double m = sync ? gh.count : static_cast<double>(plan.per_feature);
+  double* global = sync ? gh.sync.buffer.data() : nullptr;
   std::fill(work_c_.begin(), work_c_.end(), 0.0);
   std::fill(work_d_.begin(), work_d_.end(), 0.0);
+  auto dx_constants = [&](int64_t v, double sdy, double sxc) {
+    const int64_t f = v % c;
+    const double delta = gh.mean[v] - static_cast<double>(pf.center[v]);
+    const double inv = gh.inv[v];
+    const double k_dy = gamma_[f] * saved_r_[f] * inv;
+    const double k_x = -(k_dy * inv * inv * sxc) / m;
+    const double k_c = -(k_dy * sdy) / m;
+    pf.k1[v] = static_cast<C>(k_dy);
+    pf.k2[v] = static_cast<C>(k_x);
+    pf.k3[v] = static_cast<C>(k_c - k_x * delta);
+  };
   // Per ghost and feature as backward_impl, with g*r for g; parameter gradients summed over
   // ghosts in ghost order: dgamma = sum_j (r*s_j*Sxc_j + d*Sdy_j), dbeta = sum_j Sdy_j.
   for (int64_t j = 0; j < ghosts; ++j) {
@@ -206,13 +243,17 @@ void Layer::backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads) {
       const double inv = gh.inv[v], r = saved_r_[f], d = saved_d_[f];
       work_c_[f] += r * inv * sxc + d * sdy;
       work_d_[f] += sdy;
-      const double k_dy = gamma_[f] * r * inv;
-      const double k_x = -(k_dy * inv * inv * sxc) / m;
-      const double k_c = -(k_dy * sdy) / m;
-      pf.k1[v] = static_cast<C>(k_dy);
-      pf.k2[v] = static_cast<C>(k_x);
-      pf.k3[v] = static_cast<C>(k_c - k_x * delta);
+      if (sync) {
+        global[v] = sdy;
+        global[fv + v] = sxc;
+      } else {
+        dx_constants(v, sdy, sxc);
+      }
     }
+  }
+  if (sync) {
+    allreduce(global, 2 * fv, "the backward's sums");
+    for (int64_t v = 0; v < fv; ++v) dx_constants(v, global[v], global[fv + v]);
   }
   T* dx = static_cast<T*>(io.dx);
   T* dresidual = static_cast<T*>(io.dresidual);

@@ -1,11 +1,18 @@
 # ABI check of the shared library, run as
 #   cmake -DLIB=<libbatchnorm.so> -DHEADER=<batchnorm.h> -DNM=<nm> -DREADELF=<readelf> -P abi_check.cmake
+# (optional: -DSONAME=<expected SONAME> -DMIN_DECLARED=<n>, for libbatchnorm_mpi)
 # Fails when
 #   - a defined dynamic symbol does not start with bn_ (only the C API may be exported),
 #   - a function declared BN_API in the header is not exported,
 #   - an exported bn_ symbol is not declared in the header (an undocumented ABI),
-#   - the SONAME is not libbatchnorm.so.1.
+#   - the SONAME is not libbatchnorm.so.1 (or SONAME).
 cmake_policy(VERSION 3.25)  # IN_LIST, as in the project
+if(NOT SONAME)
+  set(SONAME libbatchnorm.so.1)
+endif()
+if(NOT MIN_DECLARED)
+  set(MIN_DECLARED 30)
+endif()
 
 foreach(var LIB HEADER NM READELF)
   if(NOT ${var})
@@ -57,7 +64,7 @@ endforeach()
 list(REMOVE_DUPLICATES declared)
 list(LENGTH declared n_declared)
 # A parser that finds nothing would make the checks below vacuous.
-if(n_declared LESS 30)
+if(n_declared LESS MIN_DECLARED)
   message(FATAL_ERROR "abi_check: found only ${n_declared} BN_API declarations in ${HEADER}; the parser is broken")
 endif()
 
@@ -93,8 +100,8 @@ if(dyn MATCHES "\\(SONAME\\)[^\n]*\\[([^]\n]*)\\]")
 else()
   set(soname "<none>")
 endif()
-if(NOT soname STREQUAL "libbatchnorm.so.1")
-  message(SEND_ERROR "abi_check: SONAME is ${soname}, expected libbatchnorm.so.1")
+if(NOT soname STREQUAL SONAME)
+  message(SEND_ERROR "abi_check: SONAME is ${soname}, expected ${SONAME}")
 endif()
 
 message(STATUS "abi_check: ${n_exported} bn_ symbols exported, ${n_declared} functions declared, SONAME ${soname}")

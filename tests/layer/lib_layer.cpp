@@ -88,14 +88,16 @@ bn_status make_config(const RefConfig& c, bn_config** out, AdjustmentSource* adj
   return BN_OK;
 }
 
-bn_status LibLayer::create(const RefConfig& cfg, const std::vector<int64_t>& shape) {
+bn_status LibLayer::create(const RefConfig& cfg, const std::vector<int64_t>& shape,
+                           const std::function<bn_status(bn_config*)>& extra) {
   bn_destroy(layer_);
   layer_ = nullptr;
   dtype_ = cfg.dtype;
   bn_config* c = nullptr;
   bn_status st = make_config(cfg, &c, &adjustment_);
   if (st != BN_OK) return st;
-  st = bn_create(c, shape.data(), static_cast<int32_t>(shape.size()), &layer_);
+  if (extra) st = extra(c);
+  if (st == BN_OK) st = bn_create(c, shape.data(), static_cast<int32_t>(shape.size()), &layer_);
   bn_config_destroy(c);
   if (st != BN_OK) layer_ = nullptr;
   return st;

@@ -6,6 +6,7 @@
 #include <batchnorm/batchnorm.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,8 +40,10 @@ class LibLayer {
   LibLayer(const LibLayer&) = delete;
   LibLayer& operator=(const LibLayer&) = delete;
 
-  // Status of the config setters or of bn_create; valid() is false on failure.
-  bn_status create(const RefConfig& cfg, const std::vector<int64_t>& shape);
+  // Status of the config setters or of bn_create; valid() is false on failure. `extra`, when
+  // set, applies further settings (e.g. an allreduce callback) before bn_create.
+  bn_status create(const RefConfig& cfg, const std::vector<int64_t>& shape,
+                   const std::function<bn_status(bn_config*)>& extra = {});
   bool valid() const { return layer_ != nullptr; }
   bn_layer* get() const { return layer_; }
   int64_t features() const { return bn_num_features(layer_); }

@@ -3,8 +3,13 @@
 # installed files only, once with find_package(batchnorm 1) and once with pkg-config; then
 # builds the library from source inside a consumer project (add_subdirectory). Each consumer
 # is built from C (batchnorm.h) and from C++ (the header-only wrapper batchnorm.hpp).
+# When libbatchnorm_mpi was built, its consumer too (CMake component mpi and pkg-config
+# batchnorm-mpi), run on 2 ranks by the launcher given after the third argument.
+#   consume.sh <build-dir> <source-dir> <work-dir> [<mpiexec> <flags>...]
 set -euo pipefail
 build_dir=$1 source_dir=$2 work=$3
+shift 3
+mpiexec=("$@")
 rm -rf "$work" && mkdir -p "$work"
 prefix=$work/prefix
 cmake --install "$build_dir" --prefix "$prefix" >/dev/null
@@ -32,3 +37,19 @@ cmake -S "$source_dir/tests/package/subdir_consumer" -B "$work/subdir" -DBN_SOUR
 cmake --build "$work/subdir" -j"$(nproc)" >/dev/null
 "$work/subdir/consumer"
 "$work/subdir/consumer_cpp"
+
+# 4. libbatchnorm_mpi, when built: find_package(batchnorm 1 COMPONENTS mpi) and pkg-config
+#    batchnorm-mpi, each run on 2 ranks.
+if [ -e "$libdir/libbatchnorm_mpi.so.1" ] && [ ${#mpiexec[@]} -gt 0 ]; then
+  test -L "$libdir/libbatchnorm_mpi.so" && test -f "$prefix/include/batchnorm/batchnorm_mpi.h"
+  cmake -S "$source_dir/tests/package/mpi_consumer" -B "$work/mpi" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+  cmake --build "$work/mpi" >/dev/null
+  LD_LIBRARY_PATH=$libdir "${mpiexec[@]}" "$work/mpi/mpi_consumer"
+  if [ -f "$libdir/pkgconfig/batchnorm-mpi.pc" ]; then
+    cc -std=c99 -Wall -Werror "$source_dir/tests/package/mpi_consumer/main.c" -o "$work/pc_mpi_consumer" \
+      $(pkg-config --cflags --libs batchnorm-mpi) -lm
+    LD_LIBRARY_PATH=$libdir "${mpiexec[@]}" "$work/pc_mpi_consumer"
+  fi
+else
+  echo "(libbatchnorm_mpi not built: its consumer is not run)"
+fi
