@@ -15,4 +15,6 @@ lib=$(find "$build" -maxdepth 2 -name 'libbatchnorm.so.*.*.*' -type f | head -n 
 abidw --headers-dir "$root/include/batchnorm" --drop-private-types --no-corpus-path \
   --no-comp-dir-path --no-show-locs --exported-interfaces-only \
   --out-file "$root/abi/libbatchnorm.abi" "$lib"
+# abidw still names each translation unit by its absolute path: keep it relative to the checkout.
+sed -i "s|path='$root/|path='|" "$root/abi/libbatchnorm.abi"
 echo "wrote $root/abi/libbatchnorm.abi from $lib"
