@@ -253,8 +253,9 @@ BN_API bn_status bn_config_set_relu(bn_config* cfg, int enabled);
  *   - bn_backward* of a forward that normalized with the batch statistics: one of 2*F doubles,
  *     whichever outputs are requested;
  *   - inference forwards and the other backwards: none.
- *  Every decision is taken from the sums, so all replicas take it alike, and their moving and
- *  renorm statistics stay bitwise identical. The single-value policy, Bessel's factor, renorm
+ *  Every decision is taken from the sums, so all replicas take it alike, and the moving and
+ *  renorm statistics of replicas that start alike (the same initializers and seeds, or the same
+ *  bn_set_param values) stay bitwise identical. The single-value policy, Bessel's factor, renorm
  *  and the moving statistics use the global batch. dgamma and dbeta are the replica's share:
  *  summed over the replicas (as data-parallel training sums parameter gradients) they are the
  *  global batch's gradient, with a configured regularizer's gradient counted once (each replica
