@@ -41,6 +41,8 @@ static_assert(BN_ERR_NONFINITE == static_cast<int32_t>(bn::Status::nonfinite), "
 static_assert(BN_ERR_INTERNAL == static_cast<int32_t>(bn::Status::internal), "status");
 static_assert(BN_F16 == static_cast<int32_t>(bn::DType::f16), "dtype");
 static_assert(BN_PARAM_MOVING_STDDEV == static_cast<int32_t>(bn::Param::moving_stddev), "param");
+static_assert(BN_NONFINITE_SKIP_UPDATE == static_cast<int32_t>(bn::NonFinite::skip_update), "nonfinite");
+static_assert(BN_NONFINITE_PROPAGATE == static_cast<int32_t>(bn::NonFinite::propagate), "nonfinite");
 static_assert(BN_MODE_BATCH_STATISTICS == bn::Layer::kBatchStatistics, "mode");
 static_assert(BN_MODE_UPDATE_MOVING == bn::Layer::kUpdateMoving, "mode");
 static_assert(BN_MODE_PARAM_GRADIENTS == bn::Layer::kParamGradients, "mode");
@@ -356,6 +358,14 @@ bn_status bn_config_set_single_value_policy(bn_config* cfg, bn_single_value_poli
   });
 }
 
+bn_status bn_config_set_nonfinite_policy(bn_config* cfg, bn_nonfinite_policy policy) {
+  return guarded("bn_config_set_nonfinite_policy", [&] {
+    require(cfg, "cfg");
+    cfg->config.nonfinite =
+        as_enum<bn::NonFinite>(policy, BN_NONFINITE_REFUSE, BN_NONFINITE_SKIP_UPDATE, "policy");
+  });
+}
+
 bn_status bn_config_set_relu(bn_config* cfg, int enabled) {
   return guarded("bn_config_set_relu", [&] {
     require(cfg, "cfg");
@@ -485,6 +495,14 @@ bn_status bn_set_renorm_momentum(bn_layer* layer, double renorm_momentum) {
   return guarded("bn_set_renorm_momentum", [&] {
     require(layer, "layer");
     layer->layer.set_renorm_momentum(renorm_momentum);
+  });
+}
+
+bn_status bn_set_nonfinite_policy(bn_layer* layer, bn_nonfinite_policy policy) {
+  return guarded("bn_set_nonfinite_policy", [&] {
+    require(layer, "layer");
+    layer->layer.set_nonfinite_policy(
+        as_enum<bn::NonFinite>(policy, BN_NONFINITE_REFUSE, BN_NONFINITE_SKIP_UPDATE, "policy"));
   });
 }
 

@@ -58,6 +58,7 @@ BN_FUSED_AUTO, BN_FUSED_ON, BN_FUSED_OFF = 0, 1, 2
 BN_KERAS_V1, BN_KERAS_V2 = 0, 1
 BN_MOVING_VARIANCE_AUTO, BN_MOVING_VARIANCE_BIASED, BN_MOVING_VARIANCE_UNBIASED = 0, 1, 2
 BN_SINGLE_VALUE_COMPUTE, BN_SINGLE_VALUE_REJECT = 0, 1
+BN_NONFINITE_REFUSE, BN_NONFINITE_PROPAGATE, BN_NONFINITE_SKIP_UPDATE = 0, 1, 2
 
 BN_PARAM_GAMMA = 0
 BN_PARAM_BETA = 1
@@ -89,6 +90,8 @@ _RULES = {"v1": BN_KERAS_V1, "v2": BN_KERAS_V2}
 _MOVING_VARIANCE = {"auto": BN_MOVING_VARIANCE_AUTO, "biased": BN_MOVING_VARIANCE_BIASED,
                     "unbiased": BN_MOVING_VARIANCE_UNBIASED}
 _SINGLE_VALUE = {"compute": BN_SINGLE_VALUE_COMPUTE, "reject": BN_SINGLE_VALUE_REJECT}
+_NONFINITE = {"refuse": BN_NONFINITE_REFUSE, "propagate": BN_NONFINITE_PROPAGATE,
+              "skip_update": BN_NONFINITE_SKIP_UPDATE}
 _PARAMS = {"gamma": BN_PARAM_GAMMA, "beta": BN_PARAM_BETA, "moving_mean": BN_PARAM_MOVING_MEAN,
            "moving_variance": BN_PARAM_MOVING_VARIANCE, "renorm_mean": BN_PARAM_RENORM_MEAN,
            "renorm_stddev": BN_PARAM_RENORM_STDDEV, "batch_mean": BN_PARAM_BATCH_MEAN,
@@ -146,6 +149,7 @@ _PROTOTYPES = {
     "bn_config_set_moving_variance": (_S, [c_void_p, c_int32]),
     "bn_config_set_cumulative_average": (_S, [c_void_p, c_int]),
     "bn_config_set_single_value_policy": (_S, [c_void_p, c_int32]),
+    "bn_config_set_nonfinite_policy": (_S, [c_void_p, c_int32]),
     "bn_config_set_relu": (_S, [c_void_p, c_int]),
     "bn_config_set_allreduce": (_S, [c_void_p, ALLREDUCE_FN, c_void_p]),
     "bn_config_set_initializer": (_S, [c_void_p, c_int32, c_int32, c_double, c_double, ctypes.c_uint64]),
@@ -297,7 +301,9 @@ class Config:
     "bfloat16" (uint16 arrays holding the bits; parameters are float32); fused: "auto"/None, "on"/True, "off"/False;
     rules: "v1" (tf.compat.v1.keras, default) or "v2" (TF2 tf.keras); moving_variance:
     "auto", "biased" (ONNX) or "unbiased" (PyTorch); cumulative_average: PyTorch
-    momentum=None; single_value: "compute" (Keras) or "reject" (PyTorch); relu: fused ReLU
+    momentum=None; single_value: "compute" (Keras) or "reject" (PyTorch); nonfinite: what a
+    training batch with NaN or infinity does, "refuse" (BN_ERR_NONFINITE, the default),
+    "propagate" (Keras) or "skip_update" (output written, moving statistics kept); relu: fused ReLU
     epilogue. renorm (with renorm_clipping {rmax, rmin, dmax} and renorm_momentum),
     virtual_batch_size and adjustment as Keras; allreduce: cross-replica (synchronized)
     statistics, see bn_config_set_allreduce.
@@ -310,7 +316,7 @@ class Config:
     def __init__(self, axes=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  dtype=np.float32, trainable=True, fused="auto", rules="v1",
                  moving_variance="auto", cumulative_average=False, single_value="compute",
-                 relu=False, renorm=False, renorm_clipping=None, renorm_momentum=0.99,
+                 nonfinite="refuse", relu=False, renorm=False, renorm_clipping=None, renorm_momentum=0.99,
                  virtual_batch_size=None, adjustment=None, allreduce=None):
         lib = library()
         key = "bfloat16" if isinstance(dtype, str) and dtype.lower() == "bfloat16" else np.dtype(dtype)
@@ -342,6 +348,7 @@ class Config:
             _check(lib.bn_config_set_cumulative_average(h, int(bool(cumulative_average))))
             _check(lib.bn_config_set_single_value_policy(h, _lookup(_SINGLE_VALUE, single_value,
                                                                     "single_value")))
+            _check(lib.bn_config_set_nonfinite_policy(h, _lookup(_NONFINITE, nonfinite, "nonfinite")))
             _check(lib.bn_config_set_relu(h, int(bool(relu))))
             clip = dict(renorm_clipping or {})
             unknown = set(clip) - {"rmax", "rmin", "dmax"}

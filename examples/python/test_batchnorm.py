@@ -432,6 +432,33 @@ class ErrorTests(Checks):
         self.assertEqual(cm.exception.status, bn.BN_ERR_CALLBACK)
         self.assertIsInstance(cm.exception.__cause__, RuntimeError)
 
+    def test_nonfinite_batches(self):
+        """A NaN in a training batch: refused by default (nothing changed, out untouched), Keras'
+        propagation on request, or the output without the moving-statistics update."""
+        x = np.arange(12, dtype=np.float64).reshape(4, 3)
+        x[2, 1] = np.nan
+        layer = bn.Layer(bn.Config(dtype=np.float64), (4, 3))
+        layer.training = True
+        out = np.full((4, 3), 7.0)
+        with self.assertRaises(bn.BatchNormError) as cm:
+            layer.forward(x, out=out)
+        self.assertEqual(cm.exception.status, bn.BN_ERR_NONFINITE)
+        self.assertIn("feature 1", cm.exception.message)
+        np.testing.assert_array_equal(out, 7.0)
+        np.testing.assert_array_equal(layer.moving_mean, 0.0)
+        keras = bn.Layer(bn.Config(dtype=np.float64, nonfinite="propagate"), (4, 3))
+        keras.training = True
+        y = keras.forward(x)
+        self.assertTrue(np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all())
+        self.assertTrue(np.isnan(keras.moving_mean[1]))
+        skip = bn.Layer(bn.Config(dtype=np.float64, nonfinite="skip_update"), (4, 3))
+        skip.training = True
+        np.testing.assert_array_equal(skip.forward(x), y)
+        np.testing.assert_array_equal(skip.moving_mean, 0.0)
+        np.testing.assert_array_equal(skip.moving_variance, 1.0)
+        with self.assertRaises(ValueError):
+            bn.Config(nonfinite="ignore")
+
     def test_float16_and_bfloat16_layers(self):
         """16-bit activations (float32 parameters): within one 16-bit rounding of the float32
         layer fed the same values."""

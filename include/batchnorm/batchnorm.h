@@ -114,6 +114,18 @@ typedef int32_t bn_single_value_policy;
 #define BN_SINGLE_VALUE_COMPUTE 0 /**< Keras: variance 0, y = beta */
 #define BN_SINGLE_VALUE_REJECT 1  /**< PyTorch: BN_ERR_SHAPE, nothing changed */
 
+/** What a training forward does when its batch statistics are not finite: NaN or infinity in
+ * x (or a variance beyond the double range), found from the statistics themselves at no
+ * measurable cost (since 1.1.0; 1.0.0 always propagated). With an allreduce callback the
+ * global statistics decide, so every replica decides alike. Applies to forwards that compute
+ * batch statistics (training, BN_MODE_UPDATE_MOVING), ghost batches and renorm included;
+ * inference forwards never refuse. */
+typedef int32_t bn_nonfinite_policy;
+#define BN_NONFINITE_REFUSE 0      /**< BN_ERR_NONFINITE; nothing changed, no output written (default) */
+#define BN_NONFINITE_PROPAGATE 1   /**< Keras: NaN/inf flow into y and the moving statistics */
+#define BN_NONFINITE_SKIP_UPDATE 2 /**< y written (with its NaN/inf) and the forward saved for the
+                                        backward; the moving and renorm statistics keep their values */
+
 /** Mode flags (bn_set_mode), orthogonal switches beyond Keras' training/trainable presets. */
 typedef int32_t bn_mode;
 #define BN_MODE_BATCH_STATISTICS 1 /**< normalize with the batch statistics (else the moving ones) */
@@ -177,7 +189,8 @@ typedef struct bn_config bn_config;
 
 /** Creates a config with the defaults of the Keras layer: axis -1, momentum 0.99,
  *  epsilon 1e-3, center 1, scale 1, BN_F32, trainable 1, fused auto, V1 rules,
- *  no renorm, no virtual batch, no adjustment. The caller owns *out
+ *  no renorm, no virtual batch, no adjustment; beyond Keras, training batches with NaN or
+ *  infinity are refused (BN_NONFINITE_REFUSE). The caller owns *out
  *  (release with bn_config_destroy). */
 BN_API bn_status bn_config_create(bn_config** out);
 /** Releases a config; NULL does nothing. Layers created from it are unaffected. */
@@ -220,6 +233,9 @@ BN_API bn_status bn_config_set_moving_variance(bn_config* cfg, bn_moving_varianc
 BN_API bn_status bn_config_set_cumulative_average(bn_config* cfg, int enabled);
 /** What a training forward with one value per feature does (default: compute, as Keras). */
 BN_API bn_status bn_config_set_single_value_policy(bn_config* cfg, bn_single_value_policy policy);
+/** BN_NONFINITE_REFUSE (default), BN_NONFINITE_PROPAGATE or BN_NONFINITE_SKIP_UPDATE: what a
+ *  training forward does with non-finite batch statistics (see bn_nonfinite_policy). Since 1.1.0. */
+BN_API bn_status bn_config_set_nonfinite_policy(bn_config* cfg, bn_nonfinite_policy policy);
 /** Fused epilogue: a ReLU after the normalization (and after the residual of
  *  bn_forward_residual): y = max(bn(x) [+ residual], 0). Default 0. */
 BN_API bn_status bn_config_set_relu(bn_config* cfg, int enabled);
@@ -237,8 +253,9 @@ BN_API bn_status bn_config_set_relu(bn_config* cfg, int enabled);
  *   - bn_backward* of a forward that normalized with the batch statistics: one of 2*F doubles,
  *     whichever outputs are requested;
  *   - inference forwards and the other backwards: none.
- *  Every decision is taken from the sums, so all replicas take it alike, and their moving and
- *  renorm statistics stay bitwise identical. The single-value policy, Bessel's factor, renorm
+ *  Every decision is taken from the sums, so all replicas take it alike, and the moving and
+ *  renorm statistics of replicas that start alike (the same initializers and seeds, or the same
+ *  bn_set_param values) stay bitwise identical. The single-value policy, Bessel's factor, renorm
  *  and the moving statistics use the global batch. dgamma and dbeta are the replica's share:
  *  summed over the replicas (as data-parallel training sums parameter gradients) they are the
  *  global batch's gradient, with a configured regularizer's gradient counted once (each replica
@@ -323,6 +340,8 @@ BN_API bn_status bn_set_momentum(bn_layer* layer, double momentum);
 BN_API bn_status bn_set_renorm_clipping(bn_layer* layer, double rmax, double rmin, double dmax);
 /** Changes renorm_momentum of a live renorm layer, in [0, 1]. */
 BN_API bn_status bn_set_renorm_momentum(bn_layer* layer, double renorm_momentum);
+/** Changes the non-finite policy of a live layer (as bn_config_set_nonfinite_policy). Since 1.1.0. */
+BN_API bn_status bn_set_nonfinite_policy(bn_layer* layer, bn_nonfinite_policy policy);
 /** Sets the mode flags (BN_MODE_*), overriding the Keras presets until the next
  *  bn_set_training or bn_set_trainable: those set BATCH_STATISTICS|UPDATE_MOVING in training
  *  (not under V2 rules when frozen) and PARAM_GRADIENTS when trainable. Renorm and adjustment
@@ -340,7 +359,9 @@ BN_API bn_status bn_get_fused(const bn_layer* layer, int* fused_out);
 
 /** Normalizes x into y (y may equal x). Training mode: batch statistics, moving
  *  statistics updated, the forward saved for bn_backward. Inference mode: moving
- *  statistics, no state changed. shape/ndim: ndim and kept sizes as at bn_create. */
+ *  statistics, no state changed. shape/ndim: ndim and kept sizes as at bn_create.
+ *  A training batch holding NaN or infinity is refused (BN_ERR_NONFINITE, y not written)
+ *  unless the non-finite policy says otherwise (bn_config_set_nonfinite_policy). */
 BN_API bn_status bn_forward(bn_layer* layer, const int64_t* shape, int32_t ndim, const void* x,
                             void* y);
 /** Gradient of the most recent bn_forward of this layer, which must have had the same

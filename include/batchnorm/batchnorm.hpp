@@ -405,6 +405,11 @@ class Config {
   Config& set_single_value_policy(bn_single_value_policy policy) {
     return live() ? record(bn_config_set_single_value_policy(handle_, policy)) : *this;
   }
+  /// bn_config_set_nonfinite_policy: BN_NONFINITE_REFUSE (default), _PROPAGATE or _SKIP_UPDATE
+  /// for training batches with NaN or infinity (since 1.1.0).
+  Config& set_nonfinite_policy(bn_nonfinite_policy policy) {
+    return live() ? record(bn_config_set_nonfinite_policy(handle_, policy)) : *this;
+  }
   /// bn_config_set_relu: a fused ReLU after the normalization (and the residual).
   Config& set_relu(bool enabled) { return live() ? record(bn_config_set_relu(handle_, enabled ? 1 : 0)) : *this; }
   /// bn_config_set_allreduce: cross-replica (synchronized) statistics; fn NULL = off. fn must
@@ -579,6 +584,10 @@ class Layer {
   /// bn_set_renorm_momentum: in [0, 1].
   Result set_renorm_momentum(double renorm_momentum) {
     return detail::check(bn_set_renorm_momentum(handle_, renorm_momentum));
+  }
+  /// bn_set_nonfinite_policy: BN_NONFINITE_REFUSE, _PROPAGATE or _SKIP_UPDATE (since 1.1.0).
+  Result set_nonfinite_policy(bn_nonfinite_policy policy) {
+    return detail::check(bn_set_nonfinite_policy(handle_, policy));
   }
   /// bn_set_mode: BN_MODE_* flags, overriding the Keras presets until the next
   /// set_training/set_trainable.

@@ -17,6 +17,8 @@ enum class Fused : int32_t { automatic = 0, on = 1, off = 2 };
 enum class KerasRules : int32_t { v1 = 0, v2 = 1 };
 enum class MovingVariance : int32_t { automatic = 0, biased = 1, unbiased = 2 };
 enum class SingleValue : int32_t { compute = 0, reject = 1 };
+// Training forwards whose batch statistics are not finite (NaN or infinity in x).
+enum class NonFinite : int32_t { refuse = 0, propagate = 1, skip_update = 2 };
 
 // Batch renormalization (Keras renorm, renorm_clipping, renorm_momentum). Infinite rmax/dmax
 // and rmin 0 mean unclipped.
@@ -51,6 +53,7 @@ struct Config {
   MovingVariance moving_variance = MovingVariance::automatic;
   bool cumulative_average = false;
   SingleValue single_value = SingleValue::compute;
+  NonFinite nonfinite = NonFinite::refuse;
   bool relu = false;  // fused epilogue: y = max(bn(x) + residual, 0)
   KerasParamOptions keras;  // initializers, regularizers, constraints
   Renorm renorm;

@@ -269,6 +269,14 @@ void Layer::renorm_correction(size_t f, double mean, double var, double& r, doub
   d = std::min(std::max((mean - renorm_mean_[f]) / rs, -config_.renorm.dmax), config_.renorm.dmax);
 }
 
+void Layer::set_nonfinite_policy(NonFinite policy) {
+  if (policy != NonFinite::refuse && policy != NonFinite::propagate && policy != NonFinite::skip_update) {
+    fail(Status::invalid_argument, "policy=" + std::to_string(static_cast<int>(policy)) + " is not a known value");
+  }
+  Access access(users_, true);
+  config_.nonfinite = policy;
+}
+
 void Layer::set_momentum(double momentum) {
   check_momentum(momentum);
   Access access(users_, true);

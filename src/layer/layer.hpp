@@ -62,6 +62,7 @@ class Layer {
   void set_momentum(double momentum);
   void set_renorm_clipping(double rmax, double rmin, double dmax);
   void set_renorm_momentum(double momentum);
+  void set_nonfinite_policy(NonFinite policy);
 
   // Orthogonal mode flags (SEMANTICS A.9). bn_set_training/bn_set_trainable set the Keras
   // presets; set_mode overrides them until the next of those calls.
@@ -123,6 +124,10 @@ class Layer {
   void replace_renorm(const Renorm& renorm);
   void renorm_correction(size_t f, double mean, double var, double& r, double& d) const;
   void update_moving_statistics(int64_t m);
+  // Per the non-finite policy, for per-feature batch statistics (`features` = ghosts*C values,
+  // ghost-major): throws Error(nonfinite) under REFUSE when one is not finite; returns true when
+  // the moving statistics must not be updated (SKIP_UPDATE), false otherwise.
+  bool screen_statistics(const double* mean, const double* var, int64_t features) const;
   double round_param(double v) const;
   void refresh_inference_transform();
   const ShapePlan& plan_for(const int64_t* shape, int32_t ndim);
@@ -225,10 +230,15 @@ class Layer {
     std::vector<double> mean, var, inv, partial_a, partial_b, sum_dy, sum_dyxc;
     PerFeature<float> fwd_f32, call_f32;  // the forward's folded transform; backward constants
     PerFeature<double> fwd_f64, call_f64;
+    // A forward's statistics and transform until it commits (then swapped with the above).
+    std::vector<double> next_mean, next_var, next_inv;
+    PerFeature<float> next_f32;
+    PerFeature<double> next_f64;
     SyncScratch sync;      // with an allreduce callback: G*C features
     double count = 0;      // values per ghost and feature of the saved forward (global batch)
   };
-  Ghost ghost_;
+  Ghost ghost_;       // the plan of the saved ghost forward's shape (or the last one used)
+  Ghost ghost_next_;  // a plan for another shape, until its forward commits
   Ghost& ghost_for(const int64_t* shape, int32_t ndim);
   void forward_ghost(Ghost& gh, const ForwardIo& io);  // dispatch on the element type
   void backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads);

@@ -135,19 +135,28 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
                                        stream_output<T>(plan)};
 
   double replicas = 1.0;
+  bool skip_update = false;
+  // Non-finite statistics (NaN or infinity in x) are found from the statistics themselves, so
+  // finding them costs a pass over C values. Under REFUSE they must all be known before any y
+  // is written (a failed call writes no output buffer).
+  const bool refuse = config_.nonfinite == NonFinite::refuse;
   if (plan.elements > 0 && grid.o_blocks == 1 && !sync) {
     // Every block holds all rows of its features, so its statistics are final: normalize
-    // it right away, while it is still in cache (x is read from memory once). Not with a
-    // callback: the statistics must be global before anything is normalized.
+    // it right away, while it is still in cache (x is read from memory once). Under REFUSE,
+    // every block's statistics first, then the same blocks normalized (small tensors: x stays
+    // in cache). Not with a callback: the statistics must be global before anything is
+    // normalized.
     executor_.for_blocks(grid.count(), [&](int64_t b) {
       const kernels::Block block = grid.block(g, b);
       k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data(), partial_b_.data()}, block);
       const double count = grid.count_per_feature(g, 0);
       int64_t f0, f1;
       kernels::block_features(g, block, f0, f1);
-      for (int64_t f = f0; f < f1; ++f) transform(f, partial_a_[f], std::max(0.0, partial_b_[f] / count));
-      k.normalize(norm, block);
+      for (int64_t f = f0; f < f1; ++f) transform(f, partial_a_[f], nonnegative(partial_b_[f] / count));
+      if (!refuse) k.normalize(norm, block);
     });
+    skip_update = screen_statistics(work_a_.data(), work_b_.data(), c);
+    if (refuse) executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(norm, grid.block(g, b)); });
   } else {
     // Per-block two-pass moments, Chan's merge in block order per feature (work_a_ the mean,
     // work_b_ M2), the collective (layer_sync.cpp), then normalize.
@@ -179,8 +188,10 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     if (m > 0) {
       executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
         const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
-        for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) transform(f, work_a_[f], std::max(0.0, work_b_[f] / m));
+        for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) transform(f, work_a_[f], nonnegative(work_b_[f] / m));
       });
+      // With a callback these are the global statistics: every replica decides alike.
+      skip_update = screen_statistics(work_a_.data(), work_b_.data(), c);
     }
     if (plan.elements > 0) {
       const BlockGrid& sg = plan.stream_grid;
@@ -198,7 +209,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
         work_d_[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
       }
     }
-    if (mode_ & kUpdateMoving) update_moving_statistics(static_cast<int64_t>(m));
+    if ((mode_ & kUpdateMoving) && !skip_update) update_moving_statistics(static_cast<int64_t>(m));
     if (sync) {
       for (int64_t f = 0; f < c; ++f) {
         if (std::isfinite(work_a_[f])) sync_shift_[f] = work_a_[f];
@@ -235,6 +246,21 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   std::copy(plan.shape, plan.shape + plan.ndim, saved_.shape);
 }
 
+bool Layer::screen_statistics(const double* mean, const double* var, int64_t features) const {
+  if (config_.nonfinite == NonFinite::propagate) return false;
+  for (int64_t v = 0; v < features; ++v) {
+    if (std::isfinite(mean[v]) && std::isfinite(var[v])) continue;
+    if (config_.nonfinite == NonFinite::skip_update) return true;
+    const int64_t c = axes_.features;
+    fail(Status::nonfinite, "the batch statistics of feature " + std::to_string(v % c) +
+                                (features > c ? " in ghost batch " + std::to_string(v / c) : std::string()) +
+                                " are not finite (mean " + std::to_string(mean[v]) + ", variance " +
+                                std::to_string(var[v]) + "): the batch holds NaN or infinity; nothing changed "
+                                "(non-finite policy REFUSE; PROPAGATE and SKIP_UPDATE write the output)");
+  }
+  return false;
+}
+
 // Moving statistics (SEMANTICS B.1/B.2) from the batch mean work_a_ and biased variance
 // work_b_ over m values per feature: the fused path feeds the Bessel-corrected variance
 // m/max(m-1,1) (TF's kernel form mu*v + (1-mu)*x); the non-fused path the biased one (Keras'
@@ -268,7 +294,7 @@ void Layer::update_moving_statistics(int64_t m) {
       renorm_mean_[f] = round_param(renorm_mean_[f] - (renorm_mean_[f] - mean) * wr);
       renorm_stddev_[f] = round_param(renorm_stddev_[f] - (renorm_stddev_[f] - stddev) * wr);
       ema(moving_stddev_[f], std::sqrt(var + epsilon_));
-      moving_variance_[f] = round_param(std::max(0.0, moving_stddev_[f] * moving_stddev_[f] - epsilon_));
+      moving_variance_[f] = round_param(nonnegative(moving_stddev_[f] * moving_stddev_[f] - epsilon_));
     } else {
       ema(moving_variance_[f], var);
     }

@@ -29,7 +29,11 @@ Layer::Ghost& Layer::ghost_for(const int64_t* shape, int32_t ndim) {
     fail(Status::shape, "virtual_batch_size=" + std::to_string(vbs) + " does not divide the batch size shape[0]=" +
                             std::to_string(n));
   }
-  if (ghost_.valid && ghost_.ndim == ndim && std::equal(shape, shape + ndim, ghost_.shape)) return ghost_;
+  // The saved forward's plan and statistics stay in ghost_ until a forward of another shape
+  // commits (a failing call changes nothing): that forward works in ghost_next_.
+  auto planned = [&](const Ghost& g) { return g.valid && g.ndim == ndim && std::equal(shape, shape + ndim, g.shape); };
+  if (planned(ghost_)) return ghost_;
+  if (planned(ghost_next_)) return ghost_next_;
   int64_t vshape[kMaxRank];
   vshape[0] = vbs;
   vshape[1] = n / vbs;
@@ -43,25 +47,26 @@ Layer::Ghost& Layer::ghost_for(const int64_t* shape, int32_t ndim) {
   gh.plan = plan_shape(vplan, vshape, ndim + 1);
   const auto f = static_cast<size_t>(gh.plan.geometry.features);
   const size_t rows = static_cast<size_t>(gh.plan.grid.o_blocks) * f;
-  for (auto* v : {&gh.mean, &gh.var, &gh.inv, &gh.sum_dy, &gh.sum_dyxc}) v->assign(f, 0.0);
+  for (auto* v : {&gh.mean, &gh.var, &gh.inv, &gh.next_mean, &gh.next_var, &gh.next_inv, &gh.sum_dy, &gh.sum_dyxc}) {
+    v->assign(f, 0.0);
+  }
   gh.partial_a.assign(rows, 0.0);
   gh.partial_b.assign(rows, 0.0);
   if (synchronized()) gh.sync.resize(f);
   if (config_.dtype == DType::f64) {
     gh.fwd_f64.resize(f);
+    gh.next_f64.resize(f);
     gh.call_f64.resize(f);
   } else {
     gh.fwd_f32.resize(f);
+    gh.next_f32.resize(f);
     gh.call_f32.resize(f);
   }
   gh.ndim = ndim;
   std::copy(shape, shape + ndim, gh.shape);
   gh.valid = true;
-  // Replacing the plan drops the saved forward's ghost statistics: invalidate it if it was
-  // a ghost forward (this call will save its own).
-  if (saved_.ghost) saved_.valid = false;
-  ghost_ = std::move(gh);
-  return ghost_;
+  ghost_next_ = std::move(gh);
+  return ghost_next_;
 }
 
 template <class T>
@@ -84,7 +89,12 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
   const auto& k = kernels::selected<T>();
   const T* x = static_cast<const T*>(io.x);
   using C = kernels::Compute<T>;
-  PerFeature<C>& pf = of_type<C>(gh.fwd_f32, gh.fwd_f64);
+  // This call's statistics and transform go to the next_* members, swapped in at commit: until
+  // then the saved forward's stay intact for its backward.
+  PerFeature<C>& pf = of_type<C>(gh.next_f32, gh.next_f64);
+  std::vector<double>& gmean = gh.next_mean;
+  std::vector<double>& gvar = gh.next_var;
+  std::vector<double>& ginv = gh.next_inv;
   // Per-ghost moments, merged over blocks in block order.
   executor_.for_blocks(grid.count(), [&](int64_t b) {
     const int64_t bo = b / grid.s_blocks;
@@ -95,24 +105,24 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
     for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
       kernels::merge_into(acc, grid.count_per_feature(g, bo), gh.partial_a[bo * fv + f], gh.partial_b[bo * fv + f]);
     }
-    gh.mean[f] = acc.mean;
-    gh.var[f] = acc.m2;
+    gmean[f] = acc.mean;
+    gvar[f] = acc.m2;
   }
   double replicas = 1.0;
   if (sync) {
-    m = reduce_moments(gh.sync, fv, m, gh.mean.data(), gh.var.data(), replicas);
+    m = reduce_moments(gh.sync, fv, m, gmean.data(), gvar.data(), replicas);
     check_single_value();
   }
   for (int64_t f = 0; f < fv; ++f) {
-    gh.var[f] = std::max(0.0, gh.var[f] / m);
-    gh.inv[f] = 1.0 / std::sqrt(gh.var[f] + epsilon_);
+    gvar[f] = nonnegative(gvar[f] / m);
+    ginv[f] = 1.0 / std::sqrt(gvar[f] + epsilon_);
   }
   // The plain average over ghosts (B.3), for the moving statistics and renorm.
   for (int64_t f = 0; f < c; ++f) {
     double mean = 0.0, var = 0.0;
     for (int64_t j = 0; j < ghosts; ++j) {
-      mean += gh.mean[j * c + f];
-      var += gh.var[j * c + f];
+      mean += gmean[j * c + f];
+      var += gvar[j * c + f];
     }
     work_a_[f] = mean / static_cast<double>(ghosts);
     work_b_[f] = var / static_cast<double>(ghosts);
@@ -122,6 +132,10 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
     call_r_[f] = r;
     call_d_[f] = d;
   }
+  // Non-finite statistics, per the policy, before anything is written (per ghost, then the
+  // averages, which can overflow on their own).
+  const bool skip_update =
+      screen_statistics(gmean.data(), gvar.data(), fv) || screen_statistics(work_a_.data(), work_b_.data(), c);
   // Normalize each ghost with its own statistics (r, d shared), or, without the batch
   // statistics (mode flags), every ghost with the moving statistics as they were.
   const bool batch = uses_batch_statistics();
@@ -131,7 +145,7 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
     for (int64_t f = 0; f < c; ++f) {
       const auto v = static_cast<size_t>(j * c + f);
       if (batch) {
-        fold_normalize(pf, v, gh.mean[v], gamma_[f] * call_r_[f] * gh.inv[v], gamma_[f] * call_d_[f] + beta_[f]);
+        fold_normalize(pf, v, gmean[v], gamma_[f] * call_r_[f] * ginv[v], gamma_[f] * call_d_[f] + beta_[f]);
       } else {
         pf.center[v] = infer.center[f];
         pf.k1[v] = infer.k1[f];
@@ -153,7 +167,7 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
       saved_inv_std_[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
     }
   }
-  if (mode_ & kUpdateMoving) update_moving_statistics(static_cast<int64_t>(m));
+  if ((mode_ & kUpdateMoving) && !skip_update) update_moving_statistics(static_cast<int64_t>(m));
   if (sync) {
     for (int64_t f = 0; f < c; ++f) {
       if (std::isfinite(work_a_[f])) sync_shift_[f] = work_a_[f];
@@ -161,6 +175,10 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
     replicas_ = replicas;
   }
   gh.count = m;
+  gh.mean.swap(gh.next_mean);
+  gh.var.swap(gh.next_var);
+  gh.inv.swap(gh.next_inv);
+  std::swap(of_type<C>(gh.fwd_f32, gh.fwd_f64), of_type<C>(gh.next_f32, gh.next_f64));
   std::copy(work_a_.begin(), work_a_.end(), batch_mean_.begin());
   std::copy(work_b_.begin(), work_b_.end(), batch_variance_.begin());
   have_batch_statistics_ = true;
@@ -178,6 +196,7 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
   saved_.ghost = batch;
   saved_.ndim = gh.ndim;
   std::copy(gh.shape, gh.shape + gh.ndim, saved_.shape);
+  if (&gh == &ghost_next_) std::swap(ghost_, ghost_next_);  // the plan of this shape is the saved one now
 }
 
 template <class T>

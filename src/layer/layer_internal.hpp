@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -29,6 +30,10 @@ inline bool stream_output(const ShapePlan& plan) {
   const int64_t row_bytes = (g.inner > 1 ? g.inner : g.span) * static_cast<int64_t>(sizeof(T));
   return row_bytes % 64 == 0;
 }
+
+// max(0, v) that keeps NaN (std::max(0.0, NaN) is 0): a variance from NaN data stays NaN, as
+// in Keras, so that the non-finite policy sees it and PROPAGATE propagates it.
+inline double nonnegative(double v) { return std::isnan(v) ? v : std::max(0.0, v); }
 
 inline std::string shape_text(const int64_t* shape, int32_t ndim) {
   std::string s = "(";

@@ -87,6 +87,7 @@ TEST_CASE("NULL layer is refused by every layer function", "[capi][bad_input]") 
       {"bn_set_trainable", [] { return bn_set_trainable(nullptr, 1); }},
       {"bn_set_momentum", [] { return bn_set_momentum(nullptr, 0.5); }},
       {"bn_set_num_threads", [] { return bn_set_num_threads(nullptr, 1); }},
+      {"bn_set_nonfinite_policy", [] { return bn_set_nonfinite_policy(nullptr, 0); }},
       {"bn_get_fused", [&] { return bn_get_fused(nullptr, &fused); }},
       {"bn_forward", [&] { return bn_forward(nullptr, shape, 2, buf, buf); }},
       {"bn_backward", [&] { return bn_backward(nullptr, shape, 2, buf, buf, buf, buf, buf); }},
@@ -241,6 +242,11 @@ TEST_CASE("layer setters refuse values out of range", "[capi][bad_input]") {
       CAPTURE(t);
       expect_failure(p, BN_ERR_INVALID_ARGUMENT, {"bn_set_num_threads", "max_threads"},
                      [&] { return bn_set_num_threads(p.get(), t); });
+    }
+    for (int32_t v : {-1, 3, std::numeric_limits<int32_t>::max()}) {
+      CAPTURE(v);
+      expect_failure(p, BN_ERR_INVALID_ARGUMENT, {"bn_set_nonfinite_policy", "policy"},
+                     [&] { return bn_set_nonfinite_policy(p.get(), v); });
     }
   }
 }

@@ -55,6 +55,7 @@ TEST_CASE("NULL config or out pointer is refused by every config function", "[ca
       {"bn_config_set_moving_variance", [] { return bn_config_set_moving_variance(nullptr, 0); }},
       {"bn_config_set_cumulative_average", [] { return bn_config_set_cumulative_average(nullptr, 0); }},
       {"bn_config_set_single_value_policy", [] { return bn_config_set_single_value_policy(nullptr, 0); }},
+      {"bn_config_set_nonfinite_policy", [] { return bn_config_set_nonfinite_policy(nullptr, 0); }},
       {"bn_config_set_allreduce", [] { return bn_config_set_allreduce(nullptr, nullptr, nullptr); }},
   };
   for (const auto& c : cases) {
@@ -133,6 +134,7 @@ TEST_CASE("unknown enumeration values and flags other than 0/1 are refused", "[c
       {"bn_config_set_keras_rules", "rules", &bn_config_set_keras_rules, {2, -1}},
       {"bn_config_set_moving_variance", "convention", &bn_config_set_moving_variance, {3, -1}},
       {"bn_config_set_single_value_policy", "policy", &bn_config_set_single_value_policy, {2, -1}},
+      {"bn_config_set_nonfinite_policy", "policy", &bn_config_set_nonfinite_policy, {3, -1}},
   };
   for (const EnumCase& e : enums) {
     for (int32_t v : e.bad) {

@@ -38,6 +38,7 @@ batchnorm::Config wrapper_config(const Options& o) {
       .set_moving_variance(o.moving_variance)
       .set_cumulative_average(o.cumulative)
       .set_single_value_policy(BN_SINGLE_VALUE_REJECT)
+      .set_nonfinite_policy(BN_NONFINITE_SKIP_UPDATE)
       .set_relu(false)
       .set_allreduce(nullptr, nullptr)
       .set_initializer(BN_PARAM_GAMMA, BN_INITIALIZER_RANDOM_NORMAL, 1.0, 0.1, 7)
@@ -71,6 +72,7 @@ RawConfig c_config(const Options& o) {
   REQUIRE(bn_config_set_moving_variance(c, o.moving_variance) == BN_OK);
   REQUIRE(bn_config_set_cumulative_average(c, o.cumulative ? 1 : 0) == BN_OK);
   REQUIRE(bn_config_set_single_value_policy(c, BN_SINGLE_VALUE_REJECT) == BN_OK);
+  REQUIRE(bn_config_set_nonfinite_policy(c, BN_NONFINITE_SKIP_UPDATE) == BN_OK);
   REQUIRE(bn_config_set_relu(c, 0) == BN_OK);
   REQUIRE(bn_config_set_allreduce(c, nullptr, nullptr) == BN_OK);
   REQUIRE(bn_config_set_initializer(c, BN_PARAM_GAMMA, BN_INITIALIZER_RANDOM_NORMAL, 1.0, 0.1, 7) == BN_OK);
@@ -130,6 +132,8 @@ TEST_CASE("every Config setter and live-layer setter matches the C API", "[cpp][
     if (step == 1) {
       layer.set_momentum(0.5);
       REQUIRE(bn_set_momentum(raw.get(), 0.5) == BN_OK);
+      layer.set_nonfinite_policy(BN_NONFINITE_PROPAGATE);
+      REQUIRE(bn_set_nonfinite_policy(raw.get(), BN_NONFINITE_PROPAGATE) == BN_OK);
     }
     if (step == 2) {
       layer.set_trainable(false);
@@ -186,6 +190,7 @@ TEST_CASE("mode flags and live renorm settings go through to the layer", "[cpp][
   layer.get_mode(mode);
   CHECK(mode == BN_MODE_UPDATE_MOVING);
   CHECK_THROWS_AS(layer.set_mode(8), batchnorm::Error);
+  CHECK_THROWS_AS(layer.set_nonfinite_policy(3), batchnorm::Error);
   CHECK_NOTHROW(layer.set_renorm_clipping(3.0, 1.0 / 3.0, 5.0));
   CHECK_NOTHROW(layer.set_renorm_momentum(0.9));
   CHECK_THROWS_AS(layer.set_renorm_clipping(1.0, 2.0, 5.0), batchnorm::Error);

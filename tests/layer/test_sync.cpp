@@ -642,12 +642,15 @@ TEST_CASE("an empty global batch: every replica takes part, nothing is updated",
 // differentiable with the same result.
 TEST_CASE("a failing collective changes nothing", "[layer][sync]") {
   const RefDtype dtype = GENERATE(RefDtype::f64, RefDtype::f32);
+  const bool ghosts = GENERATE(false, true);
+  CAPTURE(ghosts);
   const int replicas = 2;
   const int64_t c = 3;
   const std::vector<int64_t> shape{4, c};
   RefConfig cfg;
   cfg.dtype = dtype;
   cfg.renorm.enabled = true;
+  cfg.virtual_batch_size = ghosts ? 2 : 0;
   Group group(replicas);
   std::vector<LibLayer> layers(replicas);
   for (int r = 0; r < replicas; ++r) {
@@ -749,6 +752,60 @@ TEST_CASE("a failing collective changes nothing", "[layer][sync]") {
       CHECK(dg2[i] == dg_good[i]);
       CHECK(db2[i] == db_good[i]);
     });
+  }
+}
+
+}  // namespace bn_test
+
+namespace bn_test {
+
+// Non-finite data on one replica: the global statistics decide, so every replica refuses (and
+// changes nothing) or, under SKIP_UPDATE, every replica writes its output and keeps its moving
+// statistics; the collectives stay in step (no second round for a non-finite feature).
+TEST_CASE("synchronized non-finite batches: every replica decides alike", "[layer][sync][nonfinite]") {
+  const bn_nonfinite_policy policy = GENERATE(BN_NONFINITE_REFUSE, BN_NONFINITE_SKIP_UPDATE);
+  CAPTURE(policy);
+  const int replicas = 3;
+  RefConfig cfg;
+  cfg.dtype = RefDtype::f64;
+  const std::vector<int64_t> shape{4, 3};
+  Group group(replicas);
+  std::vector<LibLayer> layers(replicas);
+  for (int r = 0; r < replicas; ++r) {
+    REQUIRE(layers[static_cast<size_t>(r)].create(cfg, shape, [&](bn_config* c) {
+      const bn_status s = bn_config_set_nonfinite_policy(c, policy);
+      return s != BN_OK ? s : bn_config_set_allreduce(c, &Group::callback, group.member(r));
+    }) == BN_OK);
+    REQUIRE(bn_set_training(layers[static_cast<size_t>(r)].get(), 1) == BN_OK);
+  }
+  DataGen gen(5);
+  std::vector<std::vector<double>> x(replicas);
+  for (auto& v : x) v = gen.normal(12, 1e3, 1.0, RefDtype::f64);  // far from the shift 0
+  x[1][4] = std::numeric_limits<double>::quiet_NaN();             // replica 1, feature 1
+  std::vector<bn_status> st(replicas);
+  std::vector<std::vector<double>> y(replicas);
+  group.take_counts();
+  on_replicas(replicas, [&](int r) {
+    const auto i = static_cast<size_t>(r);
+    st[i] = layers[i].forward(shape, x[i], y[i]);
+  });
+  // Features 0 and 2 take a second round (1e3 standard deviations from the shift 0), feature 1
+  // (NaN) does not; all replicas make the same two calls.
+  for (size_t n : group.take_counts()) CHECK(n == 2u);
+  CHECK(group.member(0)->counts.back() == 2);
+  for (int r = 0; r < replicas; ++r) {
+    const auto i = static_cast<size_t>(r);
+    INFO("replica " << r);
+    CHECK(layers[i].param(BN_PARAM_MOVING_MEAN) == std::vector<double>(3, 0.0));
+    CHECK(layers[i].param(BN_PARAM_MOVING_VARIANCE) == std::vector<double>(3, 1.0));
+    if (policy == BN_NONFINITE_REFUSE) {
+      CHECK(st[i] == BN_ERR_NONFINITE);
+    } else {
+      REQUIRE(st[i] == BN_OK);
+      CHECK(std::isnan(y[i][1]));
+      CHECK(std::isfinite(y[i][0]));
+      CHECK(std::isnan(layers[i].param(BN_PARAM_BATCH_MEAN)[1]));
+    }
   }
 }
 
