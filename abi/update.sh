@@ -10,7 +10,11 @@ build=${1:-$root/build}
 command -v abidw >/dev/null || { echo "abidw not found (Debian: apt install abigail-tools)"; exit 1; }
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" --target batchnorm -j"$(nproc)"
-lib=$(find "$build" -maxdepth 2 -name 'libbatchnorm.so.*.*.*' -type f | head -n 1)
+# The file the unversioned link resolves to: a build tree that built an earlier version still
+# holds that version's libbatchnorm.so.X.Y.Z too.
+link=$(find "$build" -maxdepth 2 -name 'libbatchnorm.so' | head -n 1)
+[ -n "$link" ] || { echo "no libbatchnorm.so in $build"; exit 1; }
+lib=$(readlink -f "$link")
 # No paths or source locations: the file changes only when the ABI does.
 abidw --headers-dir "$root/include/batchnorm" --drop-private-types --no-corpus-path \
   --no-comp-dir-path --no-show-locs --exported-interfaces-only \

@@ -1,7 +1,7 @@
 # Debian packages with CPack: `cpack -G DEB` in the build directory (or
 # `cpack --config <build>/CPackConfig.cmake -B <out>`) writes two packages, one per install
 # component (see the install() calls in the top-level CMakeLists.txt):
-#   libbatchnorm1     runtime: libbatchnorm.so.1.0.0 and its SONAME link libbatchnorm.so.1
+#   libbatchnorm1     runtime: libbatchnorm.so.<version> (1.1.0) and its SONAME link libbatchnorm.so.1
 #   libbatchnorm-dev  headers, libbatchnorm.so, the CMake package and batchnorm.pc
 # Install both with `apt install ./libbatchnorm1_*.deb ./libbatchnorm-dev_*.deb`.
 # Paths are those of the configured CMAKE_INSTALL_LIBDIR under /usr: configure with
@@ -23,7 +23,8 @@ set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 
 # Runtime: named after the SONAME (Debian policy 8.1). Its dependencies (libc6, libstdc++6,
 # libgcc-s1, libtbb12) come from dpkg-shlibdeps on the library itself; the shlibs file and
-# the ldconfig trigger are generated so that packages linking it get "libbatchnorm1 (>= 1.0.0)".
+# the ldconfig trigger are generated so that packages linking it get "libbatchnorm1 (>= <version>)"
+# (a minor version adds functions: a program built against 1.1.0 may need them).
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_NAME libbatchnorm${PROJECT_VERSION_MAJOR})
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_SECTION libs)
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_SHLIBDEPS ON)

@@ -44,14 +44,14 @@ extern "C" {
 /* Versions                                                                  */
 /* ------------------------------------------------------------------------ */
 #define BN_VERSION_MAJOR 1 /**< Major version of this header (the SONAME). */
-#define BN_VERSION_MINOR 0 /**< Minor version of this header. */
+#define BN_VERSION_MINOR 1 /**< Minor version of this header. */
 #define BN_VERSION_PATCH 0 /**< Patch version of this header. */
 /** This header's version as bn_version() reports the library's. */
 #define BN_VERSION_NUMBER (BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH)
 
 /** MAJOR*10000 + MINOR*100 + PATCH of the loaded library (compare with BN_VERSION_NUMBER). */
 BN_API uint32_t bn_version(void);
-/** "1.0.0" for the loaded library; static string, never NULL. */
+/** "MAJOR.MINOR.PATCH" of the loaded library, e.g. "1.1.0"; static string, never NULL. */
 BN_API const char* bn_version_string(void);
 
 /* ------------------------------------------------------------------------ */

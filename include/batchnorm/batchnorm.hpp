@@ -101,7 +101,7 @@ inline namespace returning {
 inline uint32_t version() noexcept {
   return bn_version();
 }
-/// "1.0.0" for the loaded library (bn_version_string). Static string.
+/// "MAJOR.MINOR.PATCH" of the loaded library, e.g. "1.1.0" (bn_version_string). Static string.
 inline const char* version_string() noexcept {
   return bn_version_string();
 }

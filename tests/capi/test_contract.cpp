@@ -53,6 +53,14 @@ TEST_CASE("the loaded library reports the version of the header", "[capi][contra
   CHECK(bn_last_error() != nullptr);
 }
 
+TEST_CASE("the header's version is the project's (CMakeLists.txt)", "[capi][contract]") {
+  char header[32];
+  std::snprintf(header, sizeof header, "%d.%d.%d", BN_VERSION_MAJOR, BN_VERSION_MINOR, BN_VERSION_PATCH);
+  // project(batchnorm VERSION ...) names the shared object's file, the pkg-config and package
+  // versions; BN_VERSION_* the header and bn_version(). A release bumps both.
+  CHECK(std::string(BN_PROJECT_VERSION) == header);
+}
+
 TEST_CASE("a new config has the documented defaults (by behaviour)", "[capi][contract]") {
   // x[n][j] = (n+1)(j+1), n < 4, j < 3: column j has mean 2.5(j+1) and biased variance
   // 1.25(j+1)^2. Rank 2 is the non-fused path (biased variance into the moving average).
