@@ -18,13 +18,20 @@
 //! # }
 //! ```
 //!
+//! State files (since 1.1.0): [`Layer::save`] gives the layer's whole state as bytes,
+//! [`Layer::load`] and [`Layer::from_state`] take it back, bitwise, and [`Layer::save_file`],
+//! [`Layer::load_file`], [`Layer::from_file`] do the same with a file (replaced atomically).
+//!
 //! Errors carry the library's status and the message of `bn_last_error()`, read on the
 //! calling thread right after the failing call. Buffer lengths are checked on the Rust side
 //! before any call (the C library cannot see a slice's length); such errors are reported
 //! with the status the library would give (`BN_ERR_SHAPE`) and a message that names the C
 //! function.
 
+mod state;
 pub mod sys;
+
+pub use state::state_dtype;
 
 use std::ffi::CStr;
 use std::fmt;
@@ -92,7 +99,7 @@ pub fn version() -> u32 {
     unsafe { sys::bn_version() }
 }
 
-/// "1.0.0" for the loaded library.
+/// "MAJOR.MINOR.PATCH" of the loaded library, e.g. "1.1.0".
 pub fn version_string() -> String {
     unsafe { CStr::from_ptr(sys::bn_version_string()) }.to_string_lossy().into_owned()
 }
@@ -117,6 +124,34 @@ impl Element for f32 {
 }
 impl Element for f64 {
     const DTYPE: i32 = sys::BN_F64;
+}
+
+/// The library's element types (`bn_dtype`). A [`Layer`] computes in `f32` or `f64`; a state
+/// blob may also be of a 16-bit layer, which this crate does not compute with
+/// ([`state_dtype`] tells which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// float32 tensors and parameters.
+    F32 = sys::BN_F32 as isize,
+    /// float64 tensors and parameters.
+    F64 = sys::BN_F64 as isize,
+    /// bfloat16 tensors, float32 parameters.
+    BF16 = sys::BN_BF16 as isize,
+    /// IEEE half tensors, float32 parameters.
+    F16 = sys::BN_F16 as isize,
+}
+
+impl Dtype {
+    /// The dtype of a `bn_dtype` value, None for a value the header does not define.
+    pub fn from_raw(raw: i32) -> Option<Dtype> {
+        match raw {
+            sys::BN_F32 => Some(Dtype::F32),
+            sys::BN_F64 => Some(Dtype::F64),
+            sys::BN_BF16 => Some(Dtype::BF16),
+            sys::BN_F16 => Some(Dtype::F16),
+            _ => None,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -159,6 +194,20 @@ pub enum SingleValuePolicy {
     Compute = sys::BN_SINGLE_VALUE_COMPUTE as isize,
     /// PyTorch: BN_ERR_SHAPE.
     Reject = sys::BN_SINGLE_VALUE_REJECT as isize,
+}
+
+/// What a training forward does when its batch statistics are not finite (NaN or infinity
+/// in x), since 1.1.0. Inference forwards never refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NonfinitePolicy {
+    /// `BN_ERR_NONFINITE`; nothing changed, no output written (the default).
+    #[default]
+    Refuse = sys::BN_NONFINITE_REFUSE as isize,
+    /// Keras (and 1.0.0): NaN/inf flow into y and the moving statistics.
+    Propagate = sys::BN_NONFINITE_PROPAGATE as isize,
+    /// y written (with its NaN/inf) and the forward saved for the backward; the moving and
+    /// renorm statistics keep their values.
+    SkipUpdate = sys::BN_NONFINITE_SKIP_UPDATE as isize,
 }
 
 /// Parameters and statistics, for [`Layer::param`] and [`Layer::set_param`].
@@ -346,6 +395,11 @@ impl Config {
         let s = unsafe { sys::bn_config_set_single_value_policy(self.raw.as_ptr(), policy as i32) };
         self.set(s)
     }
+    /// What training forwards do with NaN or infinity in their batch (default: refuse).
+    pub fn nonfinite_policy(self, policy: NonfinitePolicy) -> Result<Config> {
+        let s = unsafe { sys::bn_config_set_nonfinite_policy(self.raw.as_ptr(), policy as i32) };
+        self.set(s)
+    }
     /// A fused ReLU after the normalization.
     pub fn relu(self, enabled: bool) -> Result<Config> {
         let s = unsafe { sys::bn_config_set_relu(self.raw.as_ptr(), flag(enabled)) };
@@ -473,18 +527,24 @@ impl<T: Element> Layer<T> {
         check(unsafe { sys::bn_config_set_dtype(config.raw.as_ptr(), T::DTYPE) })?;
         let mut raw = ptr::null_mut();
         check(unsafe { sys::bn_create(config.raw.as_ptr(), shape.as_ptr(), nd, &mut raw) })?;
+        Layer::adopt("bn_create", raw, shape.to_vec())
+    }
+
+    /// Takes ownership of a layer `function` just created (destroyed again on any error).
+    fn adopt(function: &str, raw: *mut sys::bn_layer, shape: Vec<i64>) -> Result<Layer<T>> {
         let raw = NonNull::new(raw)
-            .ok_or_else(|| Error::wrapper(sys::BN_ERR_INTERNAL, "bn_create: returned NULL".into()))?;
+            .ok_or_else(|| Error::wrapper(sys::BN_ERR_INTERNAL, format!("{function}: returned NULL")))?;
         let features = unsafe { sys::bn_num_features(raw.as_ptr()) };
-        let layer =
-            Layer { raw, shape: shape.to_vec(), features: features.max(0) as usize, _element: PhantomData };
+        let layer = Layer { raw, shape, features: features.max(0) as usize, _element: PhantomData };
         if features < 0 {
             return Err(Error::wrapper(sys::BN_ERR_INTERNAL, "bn_num_features: negative".into()));
         }
         Ok(layer)
     }
 
-    /// The shape given to [`Layer::new`], used by [`Layer::forward`] and [`Layer::backward`].
+    /// The input shape the layer was built for: the one given to [`Layer::new`], or the saved
+    /// layer's after [`Layer::from_state`] or [`Layer::load`]. Used by [`Layer::forward`] and
+    /// [`Layer::backward`].
     pub fn shape(&self) -> &[i64] {
         &self.shape
     }
@@ -510,6 +570,10 @@ impl<T: Element> Layer<T> {
     pub fn set_renorm_momentum(&mut self, renorm_momentum: f64) -> Result<()> {
         check(unsafe { sys::bn_set_renorm_momentum(self.raw.as_ptr(), renorm_momentum) })
     }
+    /// Changes the non-finite policy of the live layer (as [`Config::nonfinite_policy`]).
+    pub fn set_nonfinite_policy(&mut self, policy: NonfinitePolicy) -> Result<()> {
+        check(unsafe { sys::bn_set_nonfinite_policy(self.raw.as_ptr(), policy as i32) })
+    }
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
         check(unsafe { sys::bn_set_mode(self.raw.as_ptr(), mode.0) })
     }
@@ -521,6 +585,13 @@ impl<T: Element> Layer<T> {
     /// 0 = the caller's oneTBB arena, 1 = the calling thread only, n = at most n threads.
     pub fn set_num_threads(&mut self, max_threads: i32) -> Result<()> {
         check(unsafe { sys::bn_set_num_threads(self.raw.as_ptr(), max_threads) })
+    }
+    /// The layer's dtype as the library reports it (always `T`'s).
+    pub fn dtype(&self) -> Result<Dtype> {
+        let mut raw = 0;
+        check(unsafe { sys::bn_get_dtype(self.raw.as_ptr(), &mut raw) })?;
+        Dtype::from_raw(raw)
+            .ok_or_else(|| Error::wrapper(sys::BN_ERR_INTERNAL, format!("bn_get_dtype: unknown dtype {raw}")))
     }
     /// Whether the layer follows Keras' fused-path semantics.
     pub fn fused(&self) -> Result<bool> {

@@ -32,9 +32,10 @@ pub type bn_mode = i32;
 pub type bn_param = i32;
 pub type bn_initializer = i32;
 pub type bn_constraint = i32;
+pub type bn_nonfinite_policy = i32;
 
 pub const BN_VERSION_MAJOR: u32 = 1;
-pub const BN_VERSION_MINOR: u32 = 0;
+pub const BN_VERSION_MINOR: u32 = 1;
 pub const BN_VERSION_PATCH: u32 = 0;
 pub const BN_VERSION_NUMBER: u32 = BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH;
 
@@ -67,6 +68,11 @@ pub const BN_MOVING_VARIANCE_UNBIASED: bn_moving_variance = 2;
 
 pub const BN_SINGLE_VALUE_COMPUTE: bn_single_value_policy = 0;
 pub const BN_SINGLE_VALUE_REJECT: bn_single_value_policy = 1;
+
+/// Since 1.1.0.
+pub const BN_NONFINITE_REFUSE: bn_nonfinite_policy = 0;
+pub const BN_NONFINITE_PROPAGATE: bn_nonfinite_policy = 1;
+pub const BN_NONFINITE_SKIP_UPDATE: bn_nonfinite_policy = 2;
 
 pub const BN_MODE_BATCH_STATISTICS: bn_mode = 1;
 pub const BN_MODE_UPDATE_MOVING: bn_mode = 2;
@@ -147,6 +153,8 @@ extern "C" {
         cfg: *mut bn_config,
         policy: bn_single_value_policy,
     ) -> bn_status;
+    /// Since 1.1.0.
+    pub fn bn_config_set_nonfinite_policy(cfg: *mut bn_config, policy: bn_nonfinite_policy) -> bn_status;
     pub fn bn_config_set_relu(cfg: *mut bn_config, enabled: c_int) -> bn_status;
     pub fn bn_config_set_allreduce(
         cfg: *mut bn_config,
@@ -186,6 +194,8 @@ extern "C" {
     pub fn bn_set_momentum(layer: *mut bn_layer, momentum: f64) -> bn_status;
     pub fn bn_set_renorm_clipping(layer: *mut bn_layer, rmax: f64, rmin: f64, dmax: f64) -> bn_status;
     pub fn bn_set_renorm_momentum(layer: *mut bn_layer, renorm_momentum: f64) -> bn_status;
+    /// Since 1.1.0.
+    pub fn bn_set_nonfinite_policy(layer: *mut bn_layer, policy: bn_nonfinite_policy) -> bn_status;
     pub fn bn_set_mode(layer: *mut bn_layer, flags: bn_mode) -> bn_status;
     pub fn bn_get_mode(layer: *const bn_layer, flags: *mut bn_mode) -> bn_status;
     pub fn bn_set_num_threads(layer: *mut bn_layer, max_threads: i32) -> bn_status;
@@ -249,4 +259,20 @@ extern "C" {
 
     pub fn bn_regularization_loss(layer: *const bn_layer, loss_out: *mut f64) -> bn_status;
     pub fn bn_apply_constraints(layer: *mut bn_layer) -> bn_status;
+
+    // State files (since 1.1.0; docs/state_format.md).
+    pub fn bn_save(
+        layer: *const bn_layer,
+        buffer: *mut c_void,
+        capacity: i64,
+        size_out: *mut i64,
+    ) -> bn_status;
+    pub fn bn_load(layer: *mut bn_layer, data: *const c_void, size: i64) -> bn_status;
+    pub fn bn_create_from_state(data: *const c_void, size: i64, out: *mut *mut bn_layer) -> bn_status;
+    pub fn bn_save_file(layer: *const bn_layer, path: *const c_char) -> bn_status;
+    pub fn bn_load_file(layer: *mut bn_layer, path: *const c_char) -> bn_status;
+    pub fn bn_create_from_file(path: *const c_char, out: *mut *mut bn_layer) -> bn_status;
+    pub fn bn_get_dtype(layer: *const bn_layer, dtype_out: *mut bn_dtype) -> bn_status;
+    pub fn bn_get_step_count(layer: *const bn_layer, count_out: *mut i64) -> bn_status;
+    pub fn bn_set_step_count(layer: *mut bn_layer, count: i64) -> bn_status;
 }
