@@ -16,26 +16,13 @@ package batchnorm
 
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../include
-#include <stddef.h>
-#include <string.h>
-#include <batchnorm/batchnorm.h>
-
-// The message buffer of every helper: the caller passes bng_err_len bytes.
-enum { bng_err_len = 1024 };
-
-static bn_status bng_keep(bn_status s, char* err) {
-	if (s != BN_OK) {
-		strncpy(err, bn_last_error(), bng_err_len - 1);
-		err[bng_err_len - 1] = '\0';
-	}
-	return s;
-}
+#include "bng.h"
 
 // The options of Config, flat (no pointers: Go memory passed to C must not hold Go pointers).
 typedef struct {
 	double momentum, epsilon;
 	int32_t center, scale, trainable, fused, rules, moving_variance, single_value;
-	int32_t cumulative_average, relu;
+	int32_t cumulative_average, relu, nonfinite;
 	int64_t virtual_batch_size;
 } bng_options;
 
@@ -57,6 +44,7 @@ static bn_status bng_create(const bng_options* o, const int32_t* axes, int32_t n
 	if (s == BN_OK) s = bn_config_set_single_value_policy(cfg, o->single_value);
 	if (s == BN_OK) s = bn_config_set_cumulative_average(cfg, o->cumulative_average);
 	if (s == BN_OK) s = bn_config_set_relu(cfg, o->relu);
+	if (s == BN_OK) s = bn_config_set_nonfinite_policy(cfg, o->nonfinite);
 	if (s == BN_OK) s = bn_config_set_virtual_batch_size(cfg, o->virtual_batch_size);
 	if (s == BN_OK) s = bn_create(cfg, shape, ndim, out);
 	s = bng_keep(s, err); // before bn_config_destroy, which cannot fail but keeps it simple
@@ -72,6 +60,9 @@ static bn_status bng_set_trainable(bn_layer* l, int32_t on, char* err) {
 }
 static bn_status bng_set_momentum(bn_layer* l, double m, char* err) {
 	return bng_keep(bn_set_momentum(l, m), err);
+}
+static bn_status bng_set_nonfinite_policy(bn_layer* l, int32_t p, char* err) {
+	return bng_keep(bn_set_nonfinite_policy(l, p), err);
 }
 static bn_status bng_set_num_threads(bn_layer* l, int32_t n, char* err) {
 	return bng_keep(bn_set_num_threads(l, n), err);
@@ -143,7 +134,7 @@ func (e *Error) Error() string { return "batchnorm: " + e.Status.String() + ": "
 // ErrClosed is returned by the methods of a Layer after Close.
 var ErrClosed = errors.New("batchnorm: the layer is closed")
 
-// Version is the loaded library's version, e.g. "1.0.0".
+// Version is the loaded library's version, e.g. "1.1.0".
 func Version() string { return C.GoString(C.bn_version_string()) }
 
 // Fused is Keras' `fused` argument.
@@ -180,6 +171,20 @@ const (
 	SingleValueReject  SingleValuePolicy = 1 // PyTorch: StatusShape
 )
 
+// NonfinitePolicy is what a training forward does when its batch statistics are not finite
+// (NaN or infinity in x); since 1.1.0. Inference forwards never refuse.
+type NonfinitePolicy int32
+
+const (
+	// NonfiniteRefuse (the default): StatusNonfinite; nothing changed, no output written.
+	NonfiniteRefuse NonfinitePolicy = 0
+	// NonfinitePropagate is Keras (and 1.0.0): NaN/inf flow into y and the moving statistics.
+	NonfinitePropagate NonfinitePolicy = 1
+	// NonfiniteSkipUpdate writes y (with its NaN/inf) and keeps the forward for Backward; the
+	// moving and renorm statistics keep their values.
+	NonfiniteSkipUpdate NonfinitePolicy = 2
+)
+
 // Param names a parameter or statistic for Layer.Param and Layer.SetParam.
 type Param int32
 
@@ -211,10 +216,13 @@ type Config struct {
 	CumulativeAverage bool // PyTorch momentum=None
 	ReLU              bool // fused ReLU epilogue
 	VirtualBatchSize  int  // ghost batch normalization; 0 = off
+	// What training forwards do with NaN or infinity; the zero value refuses them.
+	Nonfinite NonfinitePolicy
 }
 
 // DefaultConfig is Keras' BatchNormalization(): axis -1, momentum 0.99, epsilon 1e-3,
-// center and scale on, trainable, fused auto, V1 rules.
+// center and scale on, trainable, fused auto, V1 rules; beyond Keras, training batches with
+// NaN or infinity are refused (NonfiniteRefuse).
 func DefaultConfig() Config {
 	return Config{Axes: []int{-1}, Momentum: 0.99, Epsilon: 1e-3, Center: true, Scale: true,
 		Trainable: true}
@@ -330,6 +338,7 @@ func NewLayer(cfg Config, shape []int) (*Layer, error) {
 		fused: C.int32_t(cfg.Fused), rules: C.int32_t(cfg.Rules),
 		moving_variance: C.int32_t(cfg.MovingVariance), single_value: C.int32_t(cfg.SingleValue),
 		cumulative_average: bool32(cfg.CumulativeAverage), relu: bool32(cfg.ReLU),
+		nonfinite:          C.int32_t(cfg.Nonfinite),
 		virtual_batch_size: C.int64_t(cfg.VirtualBatchSize),
 	}
 	var h *C.bn_layer
@@ -396,6 +405,19 @@ func (l *Layer) SetMomentum(momentum float64) error {
 	}
 	var msg errBuf
 	s := C.bng_set_momentum(h, C.double(momentum), msg.ptr())
+	runtime.KeepAlive(l)
+	return check(s, &msg)
+}
+
+// SetNonfinitePolicy changes what the live layer's training forwards do with NaN or infinity
+// (as Config.Nonfinite).
+func (l *Layer) SetNonfinitePolicy(p NonfinitePolicy) error {
+	h, err := l.handle()
+	if err != nil {
+		return err
+	}
+	var msg errBuf
+	s := C.bng_set_nonfinite_policy(h, C.int32_t(p), msg.ptr())
 	runtime.KeepAlive(l)
 	return check(s, &msg)
 }
