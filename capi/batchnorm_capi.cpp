@@ -700,7 +700,7 @@ bn_status bn_create_from_state(const void* data, int64_t size, bn_layer** out) {
     require_blob(data, size);
     require(out, "out");
     const bn::LayerState state = bn::decode_state(bytes_of(data), static_cast<size_t>(size));
-    *out = new bn_layer(state, bn::Adjustment{});
+    *out = new bn_layer(state, bn::Adjustment{}, bn::Allreduce{});
   });
 }
 
@@ -727,7 +727,7 @@ bn_status bn_create_from_file(const char* path, bn_layer** out) {
     require(out, "out");
     const std::vector<uint8_t> bytes = read_state_file(path);
     const bn::LayerState state = decode_file(path, bytes);
-    *out = new bn_layer(state, bn::Adjustment{});
+    *out = new bn_layer(state, bn::Adjustment{}, bn::Allreduce{});
   });
 }
 

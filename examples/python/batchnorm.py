@@ -711,7 +711,7 @@ class Layer:
     def load(self, blob):
         """Makes this layer the saved one (bn_load): the blob must be of a layer of the same
         structure; a damaged or foreign one raises BN_ERR_CORRUPT_DATA and changes nothing.
-        The layer keeps its adjustment callback and thread bound."""
+        The layer keeps its adjustment and allreduce callbacks and thread bound."""
         blob = bytes(blob)
         self._call(self._lib.bn_load(self._h(), blob, len(blob)))
         self._mirror(blob)

@@ -433,10 +433,11 @@ BN_API bn_status bn_apply_constraints(bn_layer* layer);
 /* ------------------------------------------------------------------------ */
 /* A state blob holds everything a layer is, in the versioned little-endian format of
  * docs/state_format.md, with a CRC-32C over all of it: the configuration (as last set, so
- * bn_set_momentum, bn_set_renorm_* and bn_set_trainable count), the input shape it was built
- * for and its fused-path decision, every parameter and statistic (gamma, beta, moving mean
- * and variance, the renorm variables) bitwise in the parameter type, the training flag and
- * mode flags, and the step counter (bn_get_step_count). Not in it: callbacks (adjustment),
+ * bn_set_momentum, bn_set_renorm_*, bn_set_trainable and bn_set_nonfinite_policy count), the
+ * input shape it was built for and its fused-path decision (with which callbacks took part
+ * in it), every parameter and statistic (gamma, beta, moving mean and variance, the renorm
+ * variables) bitwise in the parameter type, the training flag and mode flags, and the step
+ * counter (bn_get_step_count). Not in it: the callbacks themselves (adjustment, allreduce),
  * the thread bound (bn_set_num_threads), the saved forward and the last batch statistics.
  * So a loaded layer has no saved forward (bn_backward needs a forward first) and BATCH_MEAN /
  * BATCH_VARIANCE are unreadable until a training forward, as for a new layer; from there
@@ -451,9 +452,14 @@ BN_API bn_status bn_apply_constraints(bn_layer* layer);
  *  the size is BN_ERR_INVALID_ARGUMENT (the message names the size; nothing is written, not
  *  even *size_out). May run concurrently with inference-mode bn_forward and reads. Since 1.1.0. */
 BN_API bn_status bn_save(const bn_layer* layer, void* buffer, int64_t capacity, int64_t* size_out);
-/** Replaces the layer's configuration, parameters, statistics, training and mode flags and
- *  step counter with those of a state blob of `size` bytes. The layer keeps its adjustment
- *  callback and thread bound; its saved forward and batch statistics are dropped. The blob
+/** Replaces the layer's configuration (non-finite policy included), parameters, statistics,
+ *  training and mode flags and step counter with those of a state blob of `size` bytes. The
+ *  layer keeps its adjustment and allreduce callbacks (a synchronized layer goes on
+ *  synchronizing) and its thread bound; its saved forward and batch statistics are dropped.
+ *  It takes the blob's fused decision whatever its own callbacks: a blob of a synchronized
+ *  layer (fused AUTO resolved to non-fused) loads into a layer without an allreduce callback
+ *  and stays non-fused, and a fused blob loaded by a synchronized layer stays fused (as
+ *  fused ON with a callback). The blob
  *  must be of a layer of the same structure: BN_ERR_INVALID_ARGUMENT for another dtype,
  *  center, scale, renorm or ghost batches on/off (or a fused decision or ghost batches this
  *  layer's adjustment callback rules out); BN_ERR_SHAPE for another rank, other kept axes or
@@ -461,8 +467,9 @@ BN_API bn_status bn_save(const bn_layer* layer, void* buffer, int64_t capacity, 
  *  before anything changes: on failure the layer is as it was. Since 1.1.0. */
 BN_API bn_status bn_load(bn_layer* layer, const void* data, int64_t size);
 /** A new layer from a state blob (no configuration needed): as bn_create with the saved
- *  configuration and input shape, then bn_load. It has no adjustment callback (the fused
- *  decision stays the one the saved layer took, callback included) and no thread bound.
+ *  configuration and input shape, then bn_load. It has no callbacks (neither adjustment nor
+ *  allreduce: it does not synchronize; the fused decision stays the one the saved layer took,
+ *  its callbacks included) and no thread bound.
  *  The caller owns *out (release with bn_destroy); on failure *out is not written. Since 1.1.0. */
 BN_API bn_status bn_create_from_state(const void* data, int64_t size, bn_layer** out);
 /** bn_save into the file at `path`, replaced atomically: the blob goes to a new temporary

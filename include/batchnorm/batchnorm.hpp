@@ -794,8 +794,8 @@ class Layer {
     return blob;
   }
 #endif
-  /// bn_load: this layer becomes the saved one (it keeps its adjustment callback and thread
-  /// bound); a blob of another structure or a damaged one changes nothing. Since 1.1.0.
+  /// bn_load: this layer becomes the saved one (it keeps its adjustment and allreduce callbacks
+  /// and thread bound); a blob of another structure or a damaged one changes nothing. Since 1.1.0.
   Result load(Span<const uint8_t> blob) {
     return detail::check(bn_load(handle_, blob.data(), static_cast<int64_t>(blob.size())));
   }

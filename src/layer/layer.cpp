@@ -77,7 +77,9 @@ std::string fused_obstacle(const std::vector<int32_t>& axes, DType dtype, const 
 
 // ---------------------------------------------------------------------------
 Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim)
-    : config_(config), had_adjustment_(static_cast<bool>(config.adjustment)) {
+    : config_(config),
+      had_adjustment_(static_cast<bool>(config.adjustment)),
+      had_allreduce_(static_cast<bool>(config.allreduce)) {
   check_momentum(config.momentum);
   if (!std::isfinite(config.epsilon) || config.epsilon < 0) {
     fail(Status::invalid_argument, "epsilon=" + std::to_string(config.epsilon) + " but it must be finite and >= 0");

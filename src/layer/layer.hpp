@@ -47,10 +47,12 @@ class Layer {
  public:
   // Throws Error for a configuration that does not fit the shape (or that Keras refuses).
   Layer(const Config& config, const int64_t* input_shape, int32_t ndim);
-  // The layer a decoded state describes (layer_state.cpp), with `adjustment` as its callback
-  // (empty: none). Throws Error(corrupt_data) when the state's configuration is refused or
-  // its fused decision is not the one the configuration gives.
-  Layer(const LayerState& state, const Adjustment& adjustment);
+  // The layer a decoded state describes (layer_state.cpp), with `adjustment` and `allreduce`
+  // as its callbacks (empty: none). The fused decision is recomputed as the saved layer took
+  // it (with the callbacks it recorded), so it is the saved one whatever callbacks are given
+  // (an adjustment callback may still refuse it). Throws Error(corrupt_data) when the state's
+  // configuration is refused or its fused decision is not the one the configuration gives.
+  Layer(const LayerState& state, const Adjustment& adjustment, const Allreduce& allreduce);
 
   int64_t num_features() const { return axes_.features; }
   bool fused() const { return fused_; }
@@ -104,7 +106,7 @@ class Layer {
 
   // State files (layer_state.cpp, format in state_io.hpp). state() is a copy of everything a
   // blob holds. load() replaces this layer's configuration, parameters, statistics, modes
-  // and step counter with the state's, keeping its adjustment callback and thread bound;
+  // and step counter with the state's, keeping its callbacks and thread bound;
   // the state must have this layer's structure (dtype, rank, kept axes and sizes, center,
   // scale, renorm, ghost batches on or off): Error(shape) / Error(invalid_argument)
   // otherwise. Strong guarantee: everything is built aside, then swapped in.
@@ -165,6 +167,7 @@ class Layer {
   Config config_;
   std::vector<int64_t> input_shape_;  // as given at build (saved in state files)
   bool had_adjustment_ = false;       // the fused decision counted an adjustment callback
+  bool had_allreduce_ = false;        // the fused decision counted an allreduce callback
   AxisPlan axes_;
   bool fused_ = false;
   double epsilon_ = 0;  // as used: clamped on the fused path

@@ -1,5 +1,6 @@
 // The layer's side of state files: its state as a LayerState, a layer built from one, and
 // loading one into a live layer (docs/state_format.md says what is and is not replaced).
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -22,9 +23,12 @@ const char* dtype_name(DType d) {
   return "?";
 }
 
-// The configuration to build with: the given callback, or, when the saved layer had one and
-// none is given, a stand-in that only takes part in the build's decisions (fused path, ghost
-// batches) as the saved layer's did; it is dropped right after the build.
+// The configuration to build with: the given adjustment callback, or, when the saved layer
+// had one and none is given, a stand-in that only takes part in the build's decisions (fused
+// path, ghost batches) as the saved layer's did. The allreduce callback is a stand-in exactly
+// when the saved layer's decision counted one (fused AUTO then resolves to non-fused), whatever
+// the target has: the loaded layer keeps the saved decision. The stand-ins are dropped right
+// after the build.
 Config build_config(const LayerState& s, const Adjustment& adjustment) {
   Config c = s.config;
   if (adjustment) {
@@ -32,6 +36,8 @@ Config build_config(const LayerState& s, const Adjustment& adjustment) {
   } else if (s.had_adjustment) {
     c.adjustment = [](const int64_t*, int32_t, double*, double*, int64_t) { return true; };
   }
+  c.allreduce = nullptr;
+  if (s.had_allreduce) c.allreduce = [](double*, int64_t) { return true; };
   return c;
 }
 
@@ -60,7 +66,7 @@ std::string on_off(bool v) {
 
 // The function-try-block turns every refusal of the build into corrupt_data: a state that
 // passed its checksum but describes a layer bn_create would refuse is damaged or forged.
-Layer::Layer(const LayerState& s, const Adjustment& adjustment) try
+Layer::Layer(const LayerState& s, const Adjustment& adjustment, const Allreduce& allreduce) try
     : Layer(build_config(s, adjustment), s.input_shape.data(), static_cast<int32_t>(s.input_shape.size())) {
   if (fused_ != s.fused) {
     fail(Status::corrupt_data, std::string("the state records the fused path ") + (s.fused ? "on" : "off") +
@@ -82,6 +88,17 @@ Layer::Layer(const LayerState& s, const Adjustment& adjustment) try
   }
   config_.adjustment = adjustment;
   had_adjustment_ = s.had_adjustment || static_cast<bool>(adjustment);
+  // The decision was taken as the saved layer's (build_config); the layer synchronizes iff
+  // `allreduce` is given, whatever the saved layer did.
+  config_.allreduce = allreduce;
+  had_allreduce_ = s.had_allreduce;
+  if (allreduce) {
+    sync_.resize(c);
+    sync_shift_.assign(c, 0.0);
+  } else {
+    sync_ = SyncScratch{};
+    sync_shift_.clear();
+  }
   training_ = s.training;
   mode_ = s.mode;
   updates_ = s.step_count;
@@ -97,7 +114,9 @@ LayerState Layer::state() const {
   LayerState s;
   s.config = config_;
   s.config.adjustment = nullptr;
+  s.config.allreduce = nullptr;
   s.had_adjustment = had_adjustment_;
+  s.had_allreduce = had_allreduce_;
   s.input_shape = input_shape_;
   s.fused = fused_;
   s.training = training_;
@@ -146,17 +165,20 @@ void Layer::check_fits(const Layer& o) const {
 }
 
 void Layer::load(const LayerState& s) {
-  Layer probe(s, Adjustment{});  // corrupt_data: the state's own configuration is refused
+  Layer probe(s, Adjustment{}, Allreduce{});  // corrupt_data: the state's own configuration is refused
   Access exclusive(users_, true);
   check_fits(probe);
   std::unique_ptr<Layer> with_callback;
   if (config_.adjustment) {
     try {
-      with_callback = std::make_unique<Layer>(s, config_.adjustment);
+      with_callback = std::make_unique<Layer>(s, config_.adjustment, config_.allreduce);
     } catch (const Error& e) {
       fail(Status::invalid_argument,
            std::string("the state does not fit this layer's adjustment callback: ") + e.what());
     }
+  } else if (config_.allreduce) {
+    // Cannot be refused: the allreduce callback does not take part in the build (build_config).
+    with_callback = std::make_unique<Layer>(s, Adjustment{}, config_.allreduce);
   }
   // Commit: nothing below can fail.
   adopt(with_callback ? *with_callback : probe);
@@ -170,6 +192,7 @@ void Layer::adopt(Layer& o) noexcept {
   swap(config_, o.config_);
   input_shape_.swap(o.input_shape_);
   had_adjustment_ = o.had_adjustment_;
+  had_allreduce_ = o.had_allreduce_;
   fused_ = o.fused_;
   epsilon_ = o.epsilon_;
   training_ = o.training_;
@@ -195,6 +218,9 @@ void Layer::adopt(Layer& o) noexcept {
   saved_.valid = false;
   have_batch_statistics_ = false;
   ghost_.valid = false;
+  // The synchronization shift restarts at 0, as a new layer's: it must be bitwise the same on
+  // every replica, and a replica restarted from the blob has 0 (the shift is not saved).
+  std::fill(sync_shift_.begin(), sync_shift_.end(), 0.0);
 }
 
 int64_t Layer::step_count() const {

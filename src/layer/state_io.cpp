@@ -24,6 +24,9 @@ constexpr size_t kStateBegin = kStateHeaderSize + kConfigSize;  // 544
 constexpr size_t kArraysBegin = kStateBegin + 24;               // 568
 constexpr size_t kChecksumSize = 4;
 constexpr int32_t kMaxMode = 7;
+// The bits of the "callbacks" field: the callbacks the saved layer's build decisions counted.
+constexpr int32_t kCallbackAdjustment = 1;
+constexpr int32_t kCallbackAllreduce = 2;
 
 // ---------------------------------------------------------------------------
 // Writing
@@ -285,9 +288,9 @@ std::vector<uint8_t> encode_state(const LayerState& s, uint32_t library_version)
   w.flag(c.cumulative_average);
   w.i32(static_cast<int32_t>(c.single_value));
   w.flag(c.relu);
-  w.flag(s.had_adjustment);
+  w.i32((s.had_adjustment ? kCallbackAdjustment : 0) | (s.had_allreduce ? kCallbackAllreduce : 0));
   w.flag(c.renorm.enabled);
-  w.u32(0);
+  w.i32(static_cast<int32_t>(c.nonfinite));
   w.f64(c.renorm.rmax);
   w.f64(c.renorm.rmin);
   w.f64(c.renorm.dmax);
@@ -394,9 +397,11 @@ LayerState decode_state(const uint8_t* data, size_t size) {
   c.single_value =
       static_cast<SingleValue>(r.ranged("single_value_policy", 0, static_cast<int32_t>(SingleValue::reject)));
   c.relu = r.flag("relu");
-  s.had_adjustment = r.flag("had_adjustment");
+  const int32_t callbacks = r.ranged("callbacks", 0, kCallbackAdjustment | kCallbackAllreduce);
+  s.had_adjustment = (callbacks & kCallbackAdjustment) != 0;
+  s.had_allreduce = (callbacks & kCallbackAllreduce) != 0;
   c.renorm.enabled = r.flag("renorm");
-  r.zero("reserved");
+  c.nonfinite = static_cast<NonFinite>(r.ranged("nonfinite_policy", 0, static_cast<int32_t>(NonFinite::skip_update)));
   c.renorm.rmax = r.f64();
   c.renorm.rmin = r.f64();
   c.renorm.dmax = r.f64();

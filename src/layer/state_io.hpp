@@ -13,15 +13,16 @@
 namespace bn {
 
 // Everything a state blob holds. The configuration is the layer's live one (momentum,
-// renorm clipping and trainable as last set); its adjustment is always empty (a callback
-// cannot be stored), `had_adjustment` records whether the layer had one, since that took
-// part in the fused-path decision. Per-feature arrays hold `features` values rounded to the
+// renorm clipping, trainable and the non-finite policy as last set); its callbacks are always
+// empty (a callback cannot be stored): `had_adjustment` and `had_allreduce` record whether
+// the layer's build decisions (the fused path) counted one. Per-feature arrays hold `features` values rounded to the
 // parameter type (float unless dtype is f64); gamma is empty without scale, beta without
 // center, the renorm arrays without renorm.
 struct LayerState {
   uint32_t writer_version = 0;  // MAJOR*10000 + MINOR*100 + PATCH of the library that wrote it
   Config config;
   bool had_adjustment = false;
+  bool had_allreduce = false;        // AUTO fused with an allreduce callback resolves to non-fused
   std::vector<int64_t> input_shape;  // the shape the layer was built for
   bool fused = false;                // the fused-path decision taken at build
   bool training = false;

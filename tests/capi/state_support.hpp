@@ -32,8 +32,14 @@ inline bool has(bn_status s) {
   return s == BN_OK;
 }
 
+// An allreduce callback for a single replica: the sums over all replicas are its own values.
+inline bn_status single_replica(void*, double*, int64_t) {
+  return BN_OK;
+}
+
 // The configurations every round-trip test runs: each dtype, renorm, ghost batches, several
-// axes, the epilogue, every Keras option and the options beyond Keras.
+// axes, the epilogue, every Keras option and the options beyond Keras (the non-finite
+// policies, cross-replica statistics).
 inline std::vector<Spec> specs() {
   auto req = [](bn_status s) {
     INFO(bn_last_error());
@@ -81,12 +87,20 @@ inline std::vector<Spec> specs() {
                  req(bn_config_set_center(c, 0));
                  req(bn_config_set_scale(c, 0));
                  req(bn_config_set_cumulative_average(c, 1));
+                 req(bn_config_set_nonfinite_policy(c, BN_NONFINITE_PROPAGATE));
                }});
   v.push_back({"f64 frozen V1 layer with a mode override",
                BN_F64,
                {4, 3},
                [req](bn_config* c) { req(bn_config_set_trainable(c, 0)); },
                BN_MODE_UPDATE_MOVING | BN_MODE_PARAM_GRADIENTS});
+  // One replica synchronizing with itself (the sums are the local ones): fused AUTO resolves
+  // to the non-fused path, which the blob must carry to a layer without the callback.
+  v.push_back({"f32 NHWC synchronized, fused AUTO, skip non-finite", BN_F32, {2, 2, 2, 3}, [req](bn_config* c) {
+                 req(bn_config_set_allreduce(c, &single_replica, nullptr));
+                 req(bn_config_set_epsilon(c, 1e-7));  // below the fused path's clamp
+                 req(bn_config_set_nonfinite_policy(c, BN_NONFINITE_SKIP_UPDATE));
+               }});
   return v;
 }
 
@@ -215,9 +229,10 @@ struct Target {
 // Blob surgery at the documented offsets (docs/state_format.md).
 namespace offset {
 constexpr size_t version = 8, total_size = 16, dtype = 32, ndim = 36, input_shape = 40, axis_count = 104, axes = 108,
-                 momentum = 144, epsilon = 152, center = 160, mode = 176, fused_resolved = 184, had_adjustment = 204,
-                 reserved = 212, virtual_batch_size = 248, initializers = 256, regularizers = 384, constraints = 416,
-                 step_count = 544, features = 552, array_count = 560, element_size = 564, arrays = 568;
+                 momentum = 144, epsilon = 152, center = 160, mode = 176, fused_resolved = 184, callbacks = 204,
+                 nonfinite_policy = 212, virtual_batch_size = 248, initializers = 256, regularizers = 384,
+                 constraints = 416, step_count = 544, features = 552, array_count = 560, element_size = 564,
+                 arrays = 568;
 }
 
 // CRC-32C bit by bit (no table): an implementation independent of the library's.

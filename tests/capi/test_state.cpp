@@ -1,6 +1,7 @@
 // State blobs through the C API: bitwise round trips for every dtype and option, a loaded
 // layer that goes on computing bitwise what the saved one computes, the size query, layers
-// that do not fit the blob, adjustment callbacks, the step counter, NULL arguments.
+// that do not fit the blob, adjustment and allreduce callbacks, the non-finite policy, the step
+// counter, NULL arguments.
 #include <atomic>
 #include <cmath>
 #include <thread>
@@ -335,14 +336,14 @@ TEST_CASE("a layer with an adjustment callback keeps it through bn_load", "[capi
   Layer a = spec_layer(plain), b = spec_layer(with);
   give_history(a.get(), plain);
   const Bytes blob = save(a.get());
-  CHECK(get<int32_t>(blob, offset::had_adjustment) == 0);
+  CHECK(get<int32_t>(blob, offset::callbacks) == 0);
   REQUIRE(bn_load(b.get(), blob.data(), static_cast<int64_t>(blob.size())) == BN_OK);
   const int before = calls.n;
   train_step(b.get(), with, 3);
   CHECK(calls.n == before + 1);
   // b's blob records its callback; a layer made from it has none but the same decisions.
   const Bytes with_blob = save(b.get());
-  CHECK(get<int32_t>(with_blob, offset::had_adjustment) == 1);
+  CHECK(get<int32_t>(with_blob, offset::callbacks) == 1);
   bn_layer* raw = nullptr;
   REQUIRE(bn_create_from_state(with_blob.data(), static_cast<int64_t>(with_blob.size()), &raw) == BN_OK);
   Layer c(raw, &bn_destroy);
@@ -376,6 +377,200 @@ TEST_CASE("a blob whose fused decision an adjustment callback rules out is refus
   Layer c(raw, &bn_destroy);
   REQUIRE(bn_get_fused(c.get(), &f) == BN_OK);
   CHECK(f == 0);
+}
+
+// ---------------------------------------------------------------------------
+// The non-finite policy is part of the configuration: saved, loaded, made from.
+namespace {
+
+// A training forward of a batch with a NaN: its status, output and the blob after it.
+struct NanStep {
+  bn_status status;
+  Bytes y, blob;
+  bool operator==(const NanStep& o) const { return status == o.status && y == o.y && blob == o.blob; }
+};
+
+NanStep nan_step(bn_layer* layer, const Spec& s) {
+  const int64_t n = element_count(s.shape);
+  Tensor x(s.dtype, n), y(s.dtype, n);
+  x.fill(31);
+  x.set(1, std::nan(""));
+  y.poison();
+  REQUIRE(bn_set_training(layer, 1) == BN_OK);
+  const bn_status st = bn_forward(layer, s.shape.data(), rank(s.shape), x.data(), y.data());
+  return {st, y.bytes, save(layer)};
+}
+
+}  // namespace
+
+TEST_CASE("the non-finite policy survives bn_load and bn_create_from_state", "[capi][state]") {
+  for (bn_nonfinite_policy policy : {BN_NONFINITE_PROPAGATE, BN_NONFINITE_SKIP_UPDATE}) {
+    CAPTURE(policy);
+    for (bool live : {false, true}) {  // set in the configuration, or on the live layer
+      CAPTURE(live);
+      const Spec s{"policy", BN_F32, {6, 4}, [policy, live](bn_config* c) {
+                     if (!live) REQUIRE(bn_config_set_nonfinite_policy(c, policy) == BN_OK);
+                   }};
+      Layer a = spec_layer(s);
+      if (live) REQUIRE(bn_set_nonfinite_policy(a.get(), policy) == BN_OK);
+      give_history(a.get(), s);
+      const Bytes blob = save(a.get());
+      CHECK(get<int32_t>(blob, offset::nonfinite_policy) == policy);
+      // b has the default (REFUSE) and loads the blob; c is made from it.
+      const Spec plain{"plain", BN_F32, {6, 4}, nullptr};
+      Layer b = spec_layer(plain);
+      REQUIRE(bn_load(b.get(), blob.data(), static_cast<int64_t>(blob.size())) == BN_OK);
+      CHECK(save(b.get()) == blob);
+      bn_layer* raw = nullptr;
+      REQUIRE(bn_create_from_state(blob.data(), static_cast<int64_t>(blob.size()), &raw) == BN_OK);
+      Layer c(raw, &bn_destroy);
+      CHECK(save(c.get()) == blob);
+      // A batch with a NaN: accepted by all three alike (REFUSE would be BN_ERR_NONFINITE).
+      const NanStep ra = nan_step(a.get(), s);
+      CHECK(ra.status == BN_OK);
+      CHECK(nan_step(b.get(), s) == ra);
+      CHECK(nan_step(c.get(), s) == ra);
+      // SKIP_UPDATE left the moving statistics (and the step counter) as they were.
+      if (policy == BN_NONFINITE_SKIP_UPDATE) {
+        CHECK(get<int64_t>(ra.blob, offset::step_count) == get<int64_t>(blob, offset::step_count));
+      }
+    }
+  }
+  // And back: a REFUSE blob makes a PROPAGATE layer refuse again.
+  const Spec propagate{"propagate", BN_F32, {6, 4}, [](bn_config* c) {
+                         REQUIRE(bn_config_set_nonfinite_policy(c, BN_NONFINITE_PROPAGATE) == BN_OK);
+                       }};
+  Layer refusing = spec_layer({"plain", BN_F32, {6, 4}, nullptr});
+  const Bytes blob = save(refusing.get());
+  CHECK(get<int32_t>(blob, offset::nonfinite_policy) == BN_NONFINITE_REFUSE);
+  Layer d = spec_layer(propagate);
+  REQUIRE(bn_load(d.get(), blob.data(), static_cast<int64_t>(blob.size())) == BN_OK);
+  CHECK(nan_step(d.get(), propagate).status == BN_ERR_NONFINITE);
+}
+
+// ---------------------------------------------------------------------------
+// Allreduce callbacks cannot be saved either: a loading layer keeps its own, and the blob
+// records whether the saved layer had one (its fused decision counted it).
+namespace {
+
+bn_status count_allreduce(void* user_data, double*, int64_t) {  // one replica: sums are its own values
+  ++static_cast<Calls*>(user_data)->n;
+  return BN_OK;
+}
+
+Spec synchronized(Calls* calls, std::vector<int64_t> shape) {
+  return {"synchronized", BN_F32, std::move(shape), [calls](bn_config* c) {
+            REQUIRE(bn_config_set_allreduce(c, &count_allreduce, calls) == BN_OK);
+            REQUIRE(bn_config_set_epsilon(c, 1e-7) == BN_OK);  // below the fused path's clamp
+          }};
+}
+
+int fused_of(const bn_layer* layer) {
+  int f = -1;
+  REQUIRE(bn_get_fused(layer, &f) == BN_OK);
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("a synchronized layer keeps synchronizing after bn_load", "[capi][state][sync]") {
+  Calls calls_a, calls_b;
+  const Spec sa = synchronized(&calls_a, {6, 4}), sb = synchronized(&calls_b, {6, 4});
+  Layer a = spec_layer(sa), b = spec_layer(sb);
+  give_history(a.get(), sa);
+  const Bytes blob = save(a.get());
+  CHECK(get<int32_t>(blob, offset::callbacks) == 2);
+  // Its own blob, and another synchronized layer's.
+  for (bn_layer* target : {a.get(), b.get()}) {
+    REQUIRE(bn_load(target, blob.data(), static_cast<int64_t>(blob.size())) == BN_OK);
+    CHECK(save(target) == blob);
+  }
+  const int before_a = calls_a.n, before_b = calls_b.n;
+  for (uint64_t step = 10; step < 13; ++step) CHECK(train_step(a.get(), sa, step) == train_step(b.get(), sb, step));
+  CHECK(calls_a.n == before_a + 6);  // a forward and a backward per step
+  CHECK(calls_b.n == before_b + 6);
+  CHECK(save(a.get()) == save(b.get()));
+  // A plain layer's blob loaded by a synchronized layer: it still synchronizes.
+  const Spec ps{"plain", BN_F32, {6, 4}, nullptr};
+  Layer plain = spec_layer(ps);
+  give_history(plain.get(), ps);  // in training mode
+  const Bytes plain_blob = save(plain.get());
+  CHECK(get<int32_t>(plain_blob, offset::callbacks) == 0);
+  REQUIRE(bn_load(b.get(), plain_blob.data(), static_cast<int64_t>(plain_blob.size())) == BN_OK);
+  CHECK(save(b.get()) == plain_blob);
+  const int before = calls_b.n;
+  train_step(b.get(), sb, 20);
+  CHECK(calls_b.n == before + 2);
+}
+
+TEST_CASE("a synchronized float32 NHWC layer with fused AUTO round-trips with its non-fused decision",
+          "[capi][state][sync]") {
+  Calls calls;
+  const Spec s = synchronized(&calls, {2, 2, 2, 3});
+  Layer a = spec_layer(s);
+  REQUIRE(fused_of(a.get()) == 0);  // AUTO with a callback: non-fused
+  give_history(a.get(), s);
+  REQUIRE(bn_set_training(a.get(), 0) == BN_OK);
+  const Bytes blob = save(a.get()), ya = infer(a.get(), s);
+  CHECK(get<int32_t>(blob, offset::fused_resolved) == 0);
+  CHECK(get<int32_t>(blob, offset::callbacks) == 2);
+
+  // Its own blob.
+  REQUIRE(bn_load(a.get(), blob.data(), static_cast<int64_t>(blob.size())) == BN_OK);
+  CHECK(save(a.get()) == blob);
+  CHECK(infer(a.get(), s) == ya);
+  // A layer made from it (no callback) and a plain layer that loads it (an inference server's:
+  // fused AUTO without a callback takes the fused path) keep the non-fused decision, so the
+  // epsilon below the fused clamp and the outputs stay the saved layer's, bitwise.
+  bn_layer* raw = nullptr;
+  REQUIRE(bn_create_from_state(blob.data(), static_cast<int64_t>(blob.size()), &raw) == BN_OK);
+  Layer b(raw, &bn_destroy);
+  const Spec plain{"plain", BN_F32, {2, 2, 2, 3}, nullptr};
+  Layer c = spec_layer(plain);
+  REQUIRE(fused_of(c.get()) == 1);
+  const Bytes fused_y = infer(c.get(), plain);
+  REQUIRE(bn_load(c.get(), blob.data(), static_cast<int64_t>(blob.size())) == BN_OK);
+  for (bn_layer* l : {b.get(), c.get()}) {
+    CHECK(fused_of(l) == 0);
+    CHECK(save(l) == blob);  // parameters and statistics bitwise, the decision and its reason
+    CHECK(infer(l, s) == ya);
+    for (bn_param which : {BN_PARAM_GAMMA, BN_PARAM_BETA, BN_PARAM_MOVING_MEAN, BN_PARAM_MOVING_VARIANCE}) {
+      Tensor pa(BN_F32, 3), pl(BN_F32, 3);
+      REQUIRE(bn_get_param(a.get(), which, pa.data(), 3) == BN_OK);
+      REQUIRE(bn_get_param(l, which, pl.data(), 3) == BN_OK);
+      CHECK(pa.bytes == pl.bytes);
+    }
+  }
+  CHECK(ya != fused_y);  // sanity: the two paths differ here, so the decision mattered
+  // They go on training as the saved layer (one replica: the global batch is the local one).
+  const int before = calls.n;
+  for (bn_layer* l : {a.get(), b.get(), c.get()}) REQUIRE(bn_set_training(l, 1) == BN_OK);
+  for (uint64_t step = 30; step < 33; ++step) {
+    const std::vector<Bytes> ra = train_step(a.get(), s, step);
+    CHECK(train_step(b.get(), s, step) == ra);
+    CHECK(train_step(c.get(), plain, step) == ra);
+  }
+  CHECK(calls.n == before + 6);  // only a synchronizes
+  CHECK(save(b.get()) == save(a.get()));
+  CHECK(save(c.get()) == save(a.get()));
+}
+
+TEST_CASE("a fused blob loaded by a synchronized layer keeps the fused path and synchronizes", "[capi][state][sync]") {
+  Calls calls;
+  const Spec plain{"plain", BN_F32, {2, 2, 2, 3}, nullptr};
+  const Spec s = synchronized(&calls, {2, 2, 2, 3});
+  Layer a = spec_layer(plain), b = spec_layer(s);
+  REQUIRE(fused_of(a.get()) == 1);
+  REQUIRE(fused_of(b.get()) == 0);
+  give_history(a.get(), plain);
+  const Bytes blob = save(a.get());
+  REQUIRE(bn_load(b.get(), blob.data(), static_cast<int64_t>(blob.size())) == BN_OK);
+  CHECK(fused_of(b.get()) == 1);
+  CHECK(save(b.get()) == blob);  // the decision did not count a callback, and says so
+  const int before = calls.n;
+  CHECK(train_step(a.get(), plain, 40) == train_step(b.get(), s, 40));
+  CHECK(calls.n == before + 2);
+  CHECK(save(a.get()) == save(b.get()));
 }
 
 TEST_CASE("bn_save runs alongside inference forwards; an overlapping bn_load is refused as busy, never raced",

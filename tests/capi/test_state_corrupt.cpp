@@ -164,7 +164,13 @@ TEST_CASE("blobs with a valid checksum but values the library would not accept a
       {"a flag of 2", [](Bytes& b) { put<int32_t>(b, offset::center, 2); }, {"center=2"}},
       {"unknown mode bits", [](Bytes& b) { put<int32_t>(b, offset::mode, 8); }, {"mode=8"}},
       {"fused decision flipped", [](Bytes& b) { put<int32_t>(b, offset::fused_resolved, 1); }, {"fused"}},
-      {"reserved config field", [](Bytes& b) { put<int32_t>(b, offset::reserved, 7); }, {"reserved"}},
+      {"unknown non-finite policy",
+       [](Bytes& b) { put<int32_t>(b, offset::nonfinite_policy, 3); },
+       {"nonfinite_policy=3"}},
+      {"negative non-finite policy",
+       [](Bytes& b) { put<int32_t>(b, offset::nonfinite_policy, -1); },
+       {"nonfinite_policy=-1"}},
+      {"unknown callback bit", [](Bytes& b) { put<int32_t>(b, offset::callbacks, 4); }, {"callbacks=4"}},
       {"negative virtual batch size",
        [](Bytes& b) { put<int64_t>(b, offset::virtual_batch_size, -2); },
        {"virtual_batch_size"}},
@@ -212,15 +218,18 @@ TEST_CASE("blobs with a valid checksum but values the library would not accept a
   REQUIRE(bn_load(t.layer.get(), same.data(), static_cast<int64_t>(same.size())) == BN_OK);
 }
 
-TEST_CASE("a blob that records an adjustment callback its fused decision contradicts is refused",
-          "[capi][state][corrupt]") {
+TEST_CASE("a blob that records a callback its fused decision contradicts is refused", "[capi][state][corrupt]") {
   // A float32 NHWC layer takes the fused path; with a callback it would not have.
   const Spec s{"fused", BN_F32, {2, 2, 2, 3}, nullptr};
   Target t(s);
   const Observed before = t.observe();
   Bytes b = save(t.layer.get());
   REQUIRE(get<int32_t>(b, offset::fused_resolved) == 1);
-  put<int32_t>(b, offset::had_adjustment, 1);
+  put<int32_t>(b, offset::callbacks, 1);
+  reseal(b);
+  expect_corrupt(t, before, b, {"fused"});
+  // Nor would it have with an allreduce callback (fused AUTO resolves to non-fused).
+  put<int32_t>(b, offset::callbacks, 2);
   reseal(b);
   expect_corrupt(t, before, b, {"fused"});
 }

@@ -76,6 +76,8 @@ TEST_CASE("the blob holds each field at its documented offset", "[layer][state]"
   c.cumulative_average = true;
   c.single_value = bn::SingleValue::reject;
   c.relu = true;
+  c.nonfinite = bn::NonFinite::skip_update;
+  c.allreduce = [](double*, int64_t) { return true; };  // one replica
   c.renorm = {true, 3.0, 0.25, 5.0, 0.5};
   c.virtual_batch_size = 2;
   c.keras.gamma_init = {bn::InitKind::random_uniform, 0.5, 1.5, 42};
@@ -116,8 +118,9 @@ TEST_CASE("the blob holds each field at its documented offset", "[layer][state]"
   CHECK(at<int32_t>(b, 192) == 1);
   CHECK(at<int32_t>(b, 196) == 1);  // reject
   CHECK(at<int32_t>(b, 200) == 1);  // relu
-  CHECK(at<int32_t>(b, 204) == 0);  // no adjustment
+  CHECK(at<int32_t>(b, 204) == 2);  // callbacks: allreduce, no adjustment
   CHECK(at<int32_t>(b, 208) == 1);  // renorm
+  CHECK(at<int32_t>(b, 212) == 2);  // BN_NONFINITE_SKIP_UPDATE
   CHECK((at<double>(b, 216) == 3.0 && at<double>(b, 224) == 0.25 && at<double>(b, 232) == 5.0 &&
          at<double>(b, 240) == 0.5));
   CHECK(at<int64_t>(b, 248) == 2);
@@ -153,7 +156,11 @@ TEST_CASE("the blob holds each field at its documented offset", "[layer][state]"
   CHECK(s.step_count == 5);
   CHECK(s.gamma == gamma);
   CHECK(s.beta.empty());
-  bn::Layer restored(s, bn::Adjustment{});
+  CHECK(s.config.nonfinite == bn::NonFinite::skip_update);
+  CHECK((s.had_allreduce && !s.had_adjustment && !s.config.allreduce));
+  bn::Layer restored(s, bn::Adjustment{}, bn::Allreduce{});
+  CHECK(restored.config().nonfinite == bn::NonFinite::skip_update);
+  CHECK(!restored.config().allreduce);
   CHECK(bn::encode_state(restored.state(), 10203) == b);
 }
 
