@@ -450,6 +450,11 @@ TEST_CASE("unknown values of every enumeration and flag are refused", "[capi][ba
       expect_failure(p, BN_ERR_INVALID_ARGUMENT, {"bn_set_param", "which"},
                      [&] { return bn_set_param(p.get(), bad, v.data(), 4); });
     }
+    for (int32_t bad : {4097, -1, kMin32, kMax32}) {
+      CAPTURE(bad);
+      expect_failure(p, BN_ERR_INVALID_ARGUMENT, {"bn_set_num_threads", "max_threads"},
+                     [&] { return bn_set_num_threads(p.get(), bad); });
+    }
     for (bn_mode bad : {8, 15, -1, kMin32, kMax32}) {
       CAPTURE(bad);
       expect_failure(p, BN_ERR_INVALID_ARGUMENT, {"bn_set_mode", "flags"}, [&] { return bn_set_mode(p.get(), bad); });
@@ -568,4 +573,20 @@ TEST_CASE("counts that are not the feature count are BN_ERR_SHAPE in every call 
       CHECK(w.bytes == w0.bytes);
     }
   }
+}
+
+TEST_CASE("ghost batches on a rank-8 input are BN_ERR_UNSUPPORTED at create", "[capi][bad_input][hostile]") {
+  // The virtual reshape adds a dimension, and 8 is the largest rank.
+  Config cfg = make_config();
+  REQUIRE(bn_config_set_virtual_batch_size(cfg.get(), 2) == BN_OK);
+  const std::vector<int64_t> rank8 = {4, 1, 1, 1, 1, 1, 1, 3};
+  bn_layer* const sentinel = reinterpret_cast<bn_layer*>(static_cast<uintptr_t>(0x5a5a5a50));
+  bn_layer* out = sentinel;
+  poison_last_error();
+  check_status(bn_create(cfg.get(), rank8.data(), 8, &out), BN_ERR_UNSUPPORTED, {"bn_create", "virtual_batch_size"});
+  CHECK(out == sentinel);
+  // Rank 7 is served.
+  const std::vector<int64_t> rank7 = {4, 1, 1, 1, 1, 1, 3};
+  Layer layer = make_layer(cfg.get(), rank7);
+  CHECK(bn_num_features(layer.get()) == 3);
 }
