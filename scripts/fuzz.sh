@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (tests/fuzz/fuzz_<name>.cpp) with clang, AddressSanitizer and
-# UndefinedBehaviorSanitizer in a tree of their own, and runs each one for BN_FUZZ_SECONDS
+# UndefinedBehaviorSanitizer in the instrumented tree build-asan (scripts/tool_trees.sh, shared
+# with the ASan+UBSan run of the test suite), and runs each one for BN_FUZZ_SECONDS
 # (default 60) from its committed seed corpus (tests/fuzz/corpus/<name>/), all targets at
 # once. New inputs go to the tree's working corpus, never into the source tree; a crash leaves
 # its input in <tree>/fuzz-artifacts/ and fails the run: add that file to the seed corpus as
@@ -9,15 +10,12 @@
 #   BN_FUZZ_SECONDS=600 bash scripts/fuzz.sh api
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TREE=${BN_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 SECONDS_EACH=${BN_FUZZ_SECONDS:-60}
+source "$ROOT/scripts/tool_trees.sh"
+TREE=$ASAN_TREE
 
-echo "== fuzz: configuring and building in $TREE (clang, address+undefined+fuzzer)"
-mkdir -p "$TREE"
-CC=clang CXX=clang++ cmake -S "$ROOT" -B "$TREE" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DBN_SANITIZE=address,undefined -DBN_FUZZ=ON \
-  -DBN_BUILD_TESTS=OFF -DBN_BUILD_EXAMPLES=OFF -DBN_BUILD_BENCH=OFF >"$TREE/configure.log" 2>&1 ||
-  { cat "$TREE/configure.log"; exit 1; }
+echo "== fuzz: configuring and building the fuzz targets in $TREE (clang, address+undefined+fuzzer)"
+configure_asan_tree
 
 names=()
 if [ $# -gt 0 ]; then

@@ -3,7 +3,7 @@
 #   1. the normal suite (ctest in $BUILD_DIR, default build/), arguments passed to ctest;
 #   2. the tool runs: ASan+UBSan over the suite (build-asan), valgrind memcheck over the C API
 #      tests, TSan over the thread tests (build-tsan), each fuzz target for 60 s from its
-#      corpus (build-fuzz); see scripts/sanitize.sh and scripts/fuzz.sh.
+#      corpus (build-asan); see scripts/sanitize.sh and scripts/fuzz.sh.
 # BN_SKIP_TOOLS=1 runs the normal suite only (quick local iterations). Every stage runs even if
 # an earlier one failed; the exit status is non-zero if any did. The times are summed up last.
 set -euo pipefail
