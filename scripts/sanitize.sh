@@ -16,7 +16,8 @@
 #   bench             not built in the instrumented tree (its peers are prebuilt libraries);
 #   large             its 8 GiB tensor is an mmap, whose bounds ASan does not track: it would
 #                     check nothing the normal run does not, at 45 s.
-# capi.out_of_memory reports a skip there: an address-space limit cannot coexist with ASan.
+# capi.out_of_memory reports a skip there (exit code 77): an address-space limit cannot coexist
+# with ASan's shadow memory.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 JOBS=$(nproc)
@@ -46,7 +47,7 @@ run_valgrind() {
   [ -x "$tree/tests/capi/bn_capi_tests" ] || { echo "valgrind: build the normal tree $tree first"; return 1; }
   local vg=(valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
             --show-leak-kinds=definite --track-origins=yes)
-  # (not bn_capi_out_of_memory: it lowers RLIMIT_AS, which valgrind cannot run under; it skips)
+  # (not bn_capi_out_of_memory: it lowers RLIMIT_AS, which valgrind cannot run under; it would skip)
   local programs=("$tree/tests/capi/bn_capi_tests")
   for p in "$tree"/tests/c/bn_c*; do [ -x "$p" ] && programs+=("$p"); done
   local status=0

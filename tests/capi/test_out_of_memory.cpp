@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -76,16 +77,21 @@ bool skip_reason(std::string& why) {
 #endif
 }
 
+// Ends the process with CTest's skip code (SKIP_RETURN_CODE 77) and the reason.
+void skip_if_unsupported() {
+  std::string why;
+  if (!skip_reason(why)) return;
+  std::printf("SKIPPED: %s\n", why.c_str());
+  std::fflush(stdout);
+  std::exit(77);
+}
+
 constexpr size_t kHeadroom = size_t{256} << 20;  // 256 MiB: every small allocation still succeeds
 
 }  // namespace
 
 TEST_CASE("bn_create with more features than memory is BN_ERR_OUT_OF_MEMORY", "[capi][out_of_memory]") {
-  std::string why;
-  if (skip_reason(why)) {
-    WARN("skipped: " << why);
-    return;
-  }
+  skip_if_unsupported();
   for (bn_dtype dtype : {BN_F32, BN_F64, BN_F16}) {
     Config cfg = make_config();
     REQUIRE(bn_config_set_dtype(cfg.get(), dtype) == BN_OK);
@@ -113,11 +119,7 @@ TEST_CASE("bn_create with more features than memory is BN_ERR_OUT_OF_MEMORY", "[
 
 TEST_CASE("a forward whose scratch cannot be allocated is BN_ERR_OUT_OF_MEMORY and changes nothing",
           "[capi][out_of_memory]") {
-  std::string why;
-  if (skip_reason(why)) {
-    WARN("skipped: " << why);
-    return;
-  }
+  skip_if_unsupported();
   // The first call with a new shape plans it and allocates per-block partial sums (about 1/16
   // of x in bytes). x is an untouched anonymous mapping: no memory is used, the forward must
   // fail on its allocation before reading it.
