@@ -5,7 +5,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
-PACKAGES=(build-essential cmake pkg-config libtbb-dev libopenblas-dev catch2 python3 python3-numpy python3-sklearn gzip libssl-dev abigail-tools doxygen dpkg-dev golang-go libopenmpi-dev openmpi-bin)
+PACKAGES=(build-essential cmake pkg-config libtbb-dev libopenblas-dev catch2 python3 python3-numpy python3-sklearn gzip libssl-dev abigail-tools doxygen dpkg-dev golang-go clang libclang-rt-14-dev libfuzzer-14-dev valgrind libopenmpi-dev openmpi-bin)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

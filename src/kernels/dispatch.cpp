@@ -5,6 +5,8 @@
 // An ISA level is usable when the CPU has everything its translation unit was compiled for:
 // avx2 = AVX2 + FMA + F16C, avx512 = AVX-512F + AVX-512BW (+ the avx2 level). One level
 // serves every element type, so float and 16-bit layers always run the same ISA.
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -15,9 +17,15 @@ namespace {
 
 enum class Isa { ref, avx2, avx512 };
 
+// F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not know "f16c".
+bool has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+
 Isa best_isa() {
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Isa::avx512;
   if (avx2) return Isa::avx2;
   return Isa::ref;

@@ -90,6 +90,7 @@ Layer::Layer(const Config& config, const int64_t* input_shape, int32_t ndim)
   }
   axes_ = resolve_axes(config.axes, input_shape, ndim);
   input_shape_.assign(input_shape, input_shape + ndim);
+  axes_.element_bytes = config.dtype == DType::f64 ? 8 : (config.dtype == DType::f32 ? 4 : 2);
   check_renorm(config.renorm);
   if (config.virtual_batch_size > 0) {
     // Keras 2 build(): ghost batches split axis 0, so it cannot be normalized; no adjustment.

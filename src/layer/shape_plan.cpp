@@ -52,23 +52,30 @@ void check_sizes(const int64_t* shape, int32_t ndim, const char* name) {
 
 }  // namespace
 
-int64_t element_count(const int64_t* shape, int32_t ndim) {
+int64_t element_count(const int64_t* shape, int32_t ndim, int64_t element_bytes) {
+  const int64_t limit = std::numeric_limits<int64_t>::max() / element_bytes;
   int64_t n = 1;
+  bool empty = false;
   for (int32_t i = 0; i < ndim; ++i) {
-    if (shape[i] == 0) return 0;
-  }
-  for (int32_t i = 0; i < ndim; ++i) {
-    if (n > std::numeric_limits<int64_t>::max() / shape[i]) {
-      fail(Status::shape, "shape " + shape_text(shape, ndim) + " has more than 2^63-1 elements");
+    if (shape[i] == 0) {
+      empty = true;
+      continue;
+    }
+    if (n > limit / shape[i]) {
+      const std::string what = element_bytes == 1 ? " has more than 2^63-1 elements"
+                                                  : " of " + std::to_string(element_bytes) +
+                                                        "-byte elements needs more than 2^63-1 bytes";
+      fail(Status::shape, "shape " + shape_text(shape, ndim) + what + " (counting its non-zero sizes)");
     }
     n *= shape[i];
   }
-  return n;
+  return empty ? 0 : n;
 }
 
 AxisPlan resolve_axes(const std::vector<int32_t>& axes, const int64_t* shape, int32_t ndim) {
   check_rank(ndim);
   check_sizes(shape, ndim, "input_shape");
+  element_count(shape, ndim);
   AxisPlan plan;
   plan.rank = ndim;
   plan.kept.assign(ndim, false);
@@ -118,7 +125,7 @@ void check_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
                               " on this normalized axis");
     }
   }
-  element_count(shape, ndim);
+  element_count(shape, ndim, axes.element_bytes);
 }
 
 ShapePlan plan_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {

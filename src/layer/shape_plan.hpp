@@ -16,6 +16,7 @@ struct AxisPlan {
   std::vector<bool> kept;             // per dim: normalized (kept) or reduced
   std::vector<int64_t> kept_sizes;    // per dim: the size fixed at create (kept dims only)
   int64_t features = 0;               // product of the kept sizes
+  int64_t element_bytes = 1;          // of the layer's dtype: a call's tensor must fit in 2^63-1 bytes
 };
 
 // Throws Error(invalid_argument) for out-of-range or duplicate axes, Error(shape)
@@ -25,8 +26,10 @@ AxisPlan resolve_axes(const std::vector<int32_t>& axes, const int64_t* shape, in
 // Validates a call's shape against the layer; throws Error(shape).
 void check_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim);
 
-// Number of elements of a validated shape; throws Error(shape) on int64 overflow.
-int64_t element_count(const int64_t* shape, int32_t ndim);
+// Number of elements of a shape with non-negative sizes (0 if a size is 0). Throws Error(shape)
+// when the product of the non-zero sizes times element_bytes exceeds 2^63-1: no buffer holds
+// such a tensor, and that product bounds every partial product the plans form.
+int64_t element_count(const int64_t* shape, int32_t ndim, int64_t element_bytes = 1);
 
 struct BlockGrid {
   int64_t o_chunk = 1, s_chunk = 1;

@@ -185,15 +185,19 @@ struct Probe {
   int64_t features() const { return bn_num_features(layer.get()); }
 };
 
-// Everything observable about a layer without changing it: each readable parameter
-// and statistic, and the backward of the last successful forward.
+// Everything observable about a layer without changing it: each parameter and statistic
+// (renorm ones included), the mode flags, the fused flag, the regularization loss, and the
+// backward of the last successful forward.
 struct Snapshot {
   std::vector<bn_status> status;
   std::vector<Bytes> bytes;
   int64_t features = 0;
   int fused = -1;
+  bn_mode mode = -1;
+  Bytes loss;  // bn_regularization_loss, bitwise
   bool operator==(const Snapshot& o) const {
-    return status == o.status && bytes == o.bytes && features == o.features && fused == o.fused;
+    return status == o.status && bytes == o.bytes && features == o.features && fused == o.fused &&
+           mode == o.mode && loss == o.loss;
   }
 };
 
@@ -201,8 +205,15 @@ inline Snapshot snapshot(const Probe& p) {
   Snapshot s;
   s.features = p.features();
   REQUIRE(bn_get_fused(p.get(), &s.fused) == BN_OK);
-  const bn_param params[] = {BN_PARAM_GAMMA, BN_PARAM_BETA, BN_PARAM_MOVING_MEAN, BN_PARAM_MOVING_VARIANCE,
-                             BN_PARAM_BATCH_MEAN, BN_PARAM_BATCH_VARIANCE};
+  REQUIRE(bn_get_mode(p.get(), &s.mode) == BN_OK);
+  double loss = 0.0;
+  REQUIRE(bn_regularization_loss(p.get(), &loss) == BN_OK);
+  s.loss.resize(sizeof loss);
+  std::memcpy(s.loss.data(), &loss, sizeof loss);
+  // The renorm statistics last: layers without renorm refuse them, which is recorded too.
+  const bn_param params[] = {BN_PARAM_GAMMA,       BN_PARAM_BETA,           BN_PARAM_MOVING_MEAN,
+                             BN_PARAM_MOVING_VARIANCE, BN_PARAM_BATCH_MEAN, BN_PARAM_BATCH_VARIANCE,
+                             BN_PARAM_RENORM_MEAN, BN_PARAM_RENORM_STDDEV, BN_PARAM_MOVING_STDDEV};
   for (bn_param which : params) {
     Tensor t(param_dtype(p.dtype), s.features);
     t.poison();

@@ -50,7 +50,7 @@ TEST_CASE("the last error is thread-local", "[capi][contract][threads]") {
   CHECK(bn_last_error() == mine);
 }
 
-TEST_CASE("concurrent inference forwards on one layer give identical bits", "[capi][contract][threads]") {
+TEST_CASE("concurrent inference forwards on one layer from 8 threads give the bits of one thread", "[capi][contract][threads]") {
   const std::vector<int64_t> shape = {64, 16, 32};
   const int32_t axes[] = {1};
   for (bn_dtype dtype : {BN_F32, BN_F64}) {
@@ -60,8 +60,11 @@ TEST_CASE("concurrent inference forwards on one layer give identical bits", "[ca
     REQUIRE(bn_config_set_axes(cfg.get(), axes, 1) == BN_OK);
     const Probe p(dtype, shape, false, false, cfg.get());
     const int64_t n = element_count(shape);
+    // The reference: one thread (the calling one) does all the work.
     Tensor reference(dtype, n);
+    REQUIRE(bn_set_num_threads(p.get(), 1) == BN_OK);
     REQUIRE(bn_forward(p.get(), shape.data(), 3, p.x.data(), reference.data()) == BN_OK);
+    REQUIRE(bn_set_num_threads(p.get(), 0) == BN_OK);
 
     constexpr int kThreads = 8, kCalls = 10;
     std::vector<int> mismatches(kThreads, 0), failures(kThreads, 0);
@@ -204,4 +207,75 @@ TEST_CASE("bn_set_param during inference forwards: old or new parameters, or BN_
   float g[32];
   REQUIRE(bn_get_param(p.get(), BN_PARAM_GAMMA, g, 32) == BN_OK);
   CHECK((std::memcmp(g, gamma[0].data(), sizeof g) == 0 || std::memcmp(g, gamma[1].data(), sizeof g) == 0));
+}
+
+TEST_CASE("training separate layers on 8 threads is independent of the others", "[capi][contract][threads]") {
+  // Each thread owns a layer and runs training steps (forward, backward, parameter update by
+  // bn_set_param) on its own data; the result must be bitwise that of the same steps run
+  // alone on one thread, whatever the other threads did meanwhile.
+  constexpr int kThreads = 8, kSteps = 20;
+  const std::vector<int64_t> shape = {32, 8, 6};
+  const int32_t axes[] = {1};
+  const int64_t n = element_count(shape);
+  struct Result {
+    std::vector<Bytes> state;  // moving mean, moving variance, gamma, beta, dx of the last step
+  };
+  // No Catch2 macro inside: the threads call it too, and Catch2's assertions are not thread-safe.
+  auto train = [&](int seed, Result& out) {
+    bn_config* raw_cfg = nullptr;
+    if (bn_config_create(&raw_cfg) != BN_OK) return false;
+    Config cfg(raw_cfg, &bn_config_destroy);
+    if (bn_config_set_axes(raw_cfg, axes, 1) != BN_OK || bn_config_set_momentum(raw_cfg, 0.9) != BN_OK) return false;
+    bn_layer* raw = nullptr;
+    if (bn_create(cfg.get(), shape.data(), 3, &raw) != BN_OK) return false;
+    Layer layer(raw, &bn_destroy);
+    if (bn_set_training(raw, 1) != BN_OK) return false;
+    Tensor x(BN_F32, n), y(BN_F32, n), dy(BN_F32, n), dx(BN_F32, n), gamma(BN_F32, 8), beta(BN_F32, 8),
+        dgamma(BN_F32, 8), dbeta(BN_F32, 8);
+    for (int step = 0; step < kSteps; ++step) {
+      x.fill(static_cast<uint64_t>(seed * 1000 + step));
+      dy.fill(static_cast<uint64_t>(seed * 1000 + step + 500));
+      if (bn_forward(raw, shape.data(), 3, x.data(), y.data()) != BN_OK) return false;
+      if (bn_backward(raw, shape.data(), 3, x.data(), dy.data(), dx.data(), dgamma.data(), dbeta.data()) != BN_OK) {
+        return false;
+      }
+      if (bn_get_param(raw, BN_PARAM_GAMMA, gamma.data(), 8) != BN_OK) return false;
+      if (bn_get_param(raw, BN_PARAM_BETA, beta.data(), 8) != BN_OK) return false;
+      for (size_t f = 0; f < 8; ++f) {  // plain SGD
+        gamma.set(f, gamma.get(f) - 0.01 * dgamma.get(f));
+        beta.set(f, beta.get(f) - 0.01 * dbeta.get(f));
+      }
+      if (bn_set_param(raw, BN_PARAM_GAMMA, gamma.data(), 8) != BN_OK) return false;
+      if (bn_set_param(raw, BN_PARAM_BETA, beta.data(), 8) != BN_OK) return false;
+    }
+    for (bn_param which : {BN_PARAM_MOVING_MEAN, BN_PARAM_MOVING_VARIANCE, BN_PARAM_GAMMA, BN_PARAM_BETA}) {
+      Tensor t(BN_F32, 8);
+      if (bn_get_param(raw, which, t.data(), 8) != BN_OK) return false;
+      out.state.push_back(t.bytes);
+    }
+    out.state.push_back(dx.bytes);
+    return true;
+  };
+
+  std::vector<Result> alone(kThreads);
+  for (int t = 0; t < kThreads; ++t) REQUIRE(train(t, alone[t]));
+
+  std::vector<Result> together(kThreads);
+  std::vector<int> ok(kThreads, 0);
+  StartLine start(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      start.arrive_and_wait();
+      ok[t] = train(t, together[t]) ? 1 : 0;
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    CAPTURE(t);
+    REQUIRE(ok[t] == 1);
+    CHECK(together[t].state == alone[t].state);
+  }
+  // The layers saw different data: equal results would mean the comparison proves nothing.
+  CHECK(alone[0].state != alone[1].state);
 }
