@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -118,6 +120,19 @@ inline Layer spec_layer(const Spec& s) {
 
 inline int32_t rank(const std::vector<int64_t>& shape) {
   return static_cast<int32_t>(shape.size());
+}
+
+// Whole files, for the corpus and the file tests.
+inline Bytes read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+inline void write_all(const std::string& path, const Bytes& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
 }
 
 inline Bytes save(const bn_layer* layer) {

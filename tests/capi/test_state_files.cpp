@@ -19,18 +19,6 @@ using namespace state_test;
 
 namespace {
 
-Bytes read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_all(const std::string& path, const Bytes& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
 const Spec kSpec{"f32 (6, 4)", BN_F32, {6, 4}, nullptr};
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "lib_layer.hpp"
 #include "reference.hpp"
 #include "sync_group.hpp"
+#include "twin.hpp"
 
 namespace bn_test {
 namespace {
@@ -38,21 +39,6 @@ std::vector<bn_param> state_params(bool renorm) {
     p.push_back(BN_PARAM_MOVING_STDDEV);
   }
   return p;
-}
-
-const char* param_name(bn_param p) {
-  switch (p) {
-    case BN_PARAM_GAMMA: return "gamma";
-    case BN_PARAM_BETA: return "beta";
-    case BN_PARAM_MOVING_MEAN: return "moving_mean";
-    case BN_PARAM_MOVING_VARIANCE: return "moving_variance";
-    case BN_PARAM_RENORM_MEAN: return "renorm_mean";
-    case BN_PARAM_RENORM_STDDEV: return "renorm_stddev";
-    case BN_PARAM_BATCH_MEAN: return "batch_mean";
-    case BN_PARAM_BATCH_VARIANCE: return "batch_variance";
-    case BN_PARAM_MOVING_STDDEV: return "moving_stddev";
-    default: return "?";
-  }
 }
 
 // |got - want| <= tol * max(1, max |want|) element by element.

@@ -12,6 +12,8 @@ void raise_to(std::vector<double>& mag, const std::vector<double>& values) {
   for (size_t f = 0; f < mag.size() && f < values.size(); ++f) mag[f] = std::max(mag[f], std::fabs(values[f]));
 }
 
+}  // namespace
+
 const char* param_name(bn_param p) {
   switch (p) {
     case BN_PARAM_GAMMA: return "gamma";
@@ -20,12 +22,12 @@ const char* param_name(bn_param p) {
     case BN_PARAM_MOVING_VARIANCE: return "moving_variance";
     case BN_PARAM_RENORM_MEAN: return "renorm_mean";
     case BN_PARAM_RENORM_STDDEV: return "renorm_stddev";
+    case BN_PARAM_BATCH_MEAN: return "batch_mean";
+    case BN_PARAM_BATCH_VARIANCE: return "batch_variance";
     case BN_PARAM_MOVING_STDDEV: return "moving_stddev";
     default: return "?";
   }
 }
-
-}  // namespace
 
 double tolerance(RefDtype dtype) { return dtype == RefDtype::f64 ? 1e-10 : 1e-6; }
 

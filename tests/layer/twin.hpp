@@ -20,6 +20,9 @@
 
 namespace bn_test {
 
+// The C name of a parameter, for messages ("?" for an unknown value).
+const char* param_name(bn_param p);
+
 double tolerance(RefDtype dtype);
 
 class Twin {
