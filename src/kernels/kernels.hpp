@@ -187,23 +187,4 @@ inline const KernelTable<float>* kernels_for_isa_f32(const char* isa) { return k
 template <class T>
 const KernelTable<T>& selected();
 
-// Chan's merge of per-block (count, mean, M2) partials of one feature, in block order.
-struct Moments {
-  double count = 0;
-  double mean = 0;
-  double m2 = 0;
-};
-inline void merge_into(Moments& acc, double count, double mean, double m2) {
-  if (count <= 0) return;
-  if (acc.count <= 0) {
-    acc = {count, mean, m2};
-    return;
-  }
-  const double n = acc.count + count;
-  const double delta = mean - acc.mean;
-  acc.mean += delta * (count / n);
-  acc.m2 += m2 + delta * delta * (acc.count * count / n);
-  acc.count = n;
-}
-
 }  // namespace bn::kernels

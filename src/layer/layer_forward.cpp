@@ -168,14 +168,8 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
       });
       executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
         const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
-        for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
-          kernels::Moments acc;
-          for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
-            kernels::merge_into(acc, grid.count_per_feature(g, bo), partial_a_[bo * c + f], partial_b_[bo * c + f]);
-          }
-          work_a_[f] = acc.mean;
-          work_b_[f] = acc.m2;
-        }
+        merge_block_moments(grid, g, partial_a_.data(), partial_b_.data(), c, t * kFeaturesPerTask, f1, work_a_.data(),
+                            work_b_.data());
       });
     } else {
       std::fill(work_a_.begin(), work_a_.end(), 0.0);

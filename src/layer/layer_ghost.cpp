@@ -100,14 +100,7 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
     const int64_t bo = b / grid.s_blocks;
     k.stats(kernels::StatsArgs<T>{g, x, gh.partial_a.data() + bo * fv, gh.partial_b.data() + bo * fv}, grid.block(g, b));
   });
-  for (int64_t f = 0; f < fv; ++f) {
-    kernels::Moments acc;
-    for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
-      kernels::merge_into(acc, grid.count_per_feature(g, bo), gh.partial_a[bo * fv + f], gh.partial_b[bo * fv + f]);
-    }
-    gmean[f] = acc.mean;
-    gvar[f] = acc.m2;
-  }
+  merge_block_moments(grid, g, gh.partial_a.data(), gh.partial_b.data(), fv, 0, fv, gmean.data(), gvar.data());
   double replicas = 1.0;
   if (sync) {
     m = reduce_moments(gh.sync, fv, m, gmean.data(), gvar.data(), replicas);

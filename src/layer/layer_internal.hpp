@@ -35,6 +35,42 @@ inline bool stream_output(const ShapePlan& plan) {
 // in Keras, so that the non-finite policy sees it and PROPAGATE propagates it.
 inline double nonnegative(double v) { return std::isnan(v) ? v : std::max(0.0, v); }
 
+// Chan's merge of per-block moments (means pa, M2 pb; block row bo at pa + bo * stride) in
+// block order, for features [f0, f1) into mean, m2; the same operations, in the same order, as
+// merging feature by feature. Every block of a grid row
+// holds the same count for each of its features, so the weights
+//   n' = n + n_b,  mean += (mean_b - mean) * n_b/n',  M2 += M2_b + delta^2 * n*n_b/n'
+// are computed once per block row and the loop over features is contiguous.
+inline void merge_block_moments(const BlockGrid& grid, const kernels::Geometry& g, const double* pa,
+                                const double* pb, int64_t stride, int64_t f0, int64_t f1, double* mean,
+                                double* m2) {
+  double n = 0;
+  for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+    const double count = grid.count_per_feature(g, bo);
+    if (count <= 0) continue;
+    const double* a = pa + bo * stride;
+    const double* b = pb + bo * stride;
+    if (n <= 0) {
+      std::copy(a + f0, a + f1, mean + f0);
+      std::copy(b + f0, b + f1, m2 + f0);
+      n = count;
+      continue;
+    }
+    const double total = n + count;
+    const double wb = count / total, wab = n * count / total;
+    for (int64_t f = f0; f < f1; ++f) {
+      const double delta = a[f] - mean[f];
+      mean[f] += delta * wb;
+      m2[f] += b[f] + delta * delta * wab;
+    }
+    n = total;
+  }
+  if (n <= 0) {
+    std::fill(mean + f0, mean + f1, 0.0);
+    std::fill(m2 + f0, m2 + f1, 0.0);
+  }
+}
+
 inline std::string shape_text(const int64_t* shape, int32_t ndim) {
   std::string s = "(";
   for (int32_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
