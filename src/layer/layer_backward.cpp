@@ -185,13 +185,27 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   // sums into the collective's buffer [Sdy (C values), Sxc (C values)].
   double* global = sync ? sync_.buffer.data() : nullptr;
   executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
-    const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
-    for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) {
-      double a = 0.0, b = 0.0;
-      for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
-        a += partial_a_[bo * c + f];
-        b += partial_b_[bo * c + f];
+    const int64_t f0 = t * kFeaturesPerTask, f1 = std::min(c, f0 + kFeaturesPerTask);
+    // The block rows' sums added in block order into row 0, block row by block row, so that
+    // the loops over features are contiguous (per feature: 0 + s_0 + s_1 + ..., as before).
+    // An empty batch has no block rows (and no partials): its sums are 0.
+    const bool rows = grid.o_blocks > 0;
+    double* sa = partial_a_.data();
+    double* sb = partial_b_.data();
+    for (int64_t f = f0; rows && f < f1; ++f) {
+      sa[f] = 0.0 + sa[f];
+      sb[f] = 0.0 + sb[f];
+    }
+    for (int64_t bo = 1; bo < grid.o_blocks; ++bo) {
+      const double* pa = sa + bo * c;
+      const double* pb = sb + bo * c;
+      for (int64_t f = f0; f < f1; ++f) {
+        sa[f] += pa[f];
+        sb[f] += pb[f];
       }
+    }
+    for (int64_t f = f0; f < f1; ++f) {
+      const double a = rows ? sa[f] : 0.0, b = rows ? sb[f] : 0.0;
       if (!sync) {
         coefficients(f, a, b);
         continue;
