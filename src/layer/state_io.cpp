@@ -329,7 +329,8 @@ std::vector<uint8_t> encode_state(const LayerState& s, uint32_t library_version)
 
 void check_state_prefix(const uint8_t* data, size_t n, uint64_t size) {
   const size_t magic = n < sizeof kMagic ? n : sizeof kMagic;
-  if (std::memcmp(data, kMagic, magic) != 0) {
+  // An empty file gives no data pointer: nothing to compare (memcmp must not see NULL).
+  if (magic > 0 && std::memcmp(data, kMagic, magic) != 0) {
     corrupt("not a libbatchnorm state: the first bytes are not the state magic \\x89BNS\\r\\n\\x1a\\n");
   }
   if (size < kStateHeaderSize) {
