@@ -222,6 +222,35 @@ inline void stats_group(const E* x, int64_t stride, Ld ld, double* mean, double*
   qa.store(m2, n);
 }
 
+// Prefetch into L2 of the memory a group of whole rows reads next, in memory order: the
+// strips of a group walk its rows side by side, a pattern the hardware prefetchers follow
+// badly when rows are short (measured: the features-last statistics of 64 and 512 features
+// ran ~1.5x slower than a sequential read of the same tensor, and at read speed with this).
+// Each strip asks for its share of the bytes `ahead` past its group's start.
+struct Ahead {
+  const char* base = nullptr;  // null: no prefetch (rows not whole, or long enough to stream)
+  int64_t share = 0;           // bytes per strip, a multiple of 64
+  template <class E>
+  static Ahead of(const Geometry& g, const Block& b, int rows) {
+    const int64_t row_bytes = g.span * static_cast<int64_t>(sizeof(E));
+    if (b.s0 != 0 || b.s1 != g.span || row_bytes >= kAheadRowLimit) return {};
+    const int64_t strips = (g.span + V::W - 1) / V::W;
+    const int64_t group = rows * row_bytes;
+    return {nullptr, ((group + strips - 1) / strips + 63) / 64 * 64};
+  }
+  // At the start of a group at p (bytes of the group: `group`).
+  void start(const void* p, int64_t group) {
+    if (share) base = static_cast<const char*>(p) + (group > kAheadBytes ? group : kAheadBytes);
+  }
+  void strip() {
+    if (!base) return;
+    for (int64_t k = 0; k < share; k += 64) _mm_prefetch(base + k, _MM_HINT_T1);
+    base += share;
+  }
+  static constexpr int64_t kAheadBytes = 16384;
+  static constexpr int64_t kAheadRowLimit = 4096;
+};
+
 template <class E>
 void stats_interleaved(const StatsArgs<E>& args, const Block& block) {
   const StatsArgs<E> a = args;
@@ -229,14 +258,22 @@ void stats_interleaved(const StatsArgs<E>& args, const Block& block) {
   const int64_t span = a.geometry.span;
   const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
   const Tail tail{static_cast<int>(b.s1 - full)};
+  Ahead ahead = Ahead::of<E>(a.geometry, b, kGroup);
   for (int64_t g0 = b.o0; g0 < b.o1; g0 += kGroup) {
     const int rows = static_cast<int>(b.o1 - g0 < kGroup ? b.o1 - g0 : kGroup);
     const double before = static_cast<double>(g0 - b.o0);
     const E* x = a.x + g0 * span;
+    ahead.start(x, kGroup * span * static_cast<int64_t>(sizeof(E)));
     auto group = [&](auto rows_c) {
       constexpr int r = decltype(rows_c)::value;
-      for (int64_t j = b.s0; j < full; j += V::W) stats_group<r>(x + j, span, Full{}, a.mean + j, a.m2 + j, before);
-      if (tail.n) stats_group<r>(x + full, span, tail, a.mean + full, a.m2 + full, before);
+      for (int64_t j = b.s0; j < full; j += V::W) {
+        ahead.strip();
+        stats_group<r>(x + j, span, Full{}, a.mean + j, a.m2 + j, before);
+      }
+      if (tail.n) {
+        ahead.strip();
+        stats_group<r>(x + full, span, tail, a.mean + full, a.m2 + full, before);
+      }
     };
     with_rows<kGroup>(rows, group);
   }
@@ -447,10 +484,24 @@ void backward_sums_impl(const BackwardSumsArgs<E>& a, const Block& b) {
     V::dadd_to(a.sum_dyxc + j, V::lo(sp), V::hi(sp), ld.lanes());
   };
   const int64_t full = b.s0 + (b.s1 - b.s0) / V::W * V::W;
+  Ahead ahead_x = Ahead::of<E>(g, b, kRun), ahead_dy = ahead_x;
+  const int64_t group_bytes = kRun * span * static_cast<int64_t>(sizeof(E));
   for (int64_t g0 = b.o0; g0 < b.o1; g0 += kRun) {
     const int rows = static_cast<int>(b.o1 - g0 < kRun ? b.o1 - g0 : kRun);
-    for (int64_t j = b.s0; j < full; j += V::W) strip(Full{}, g0, rows, j);
-    if (full < b.s1) strip(Tail{static_cast<int>(b.s1 - full)}, g0, rows, full);
+    ahead_x.start(a.x + g0 * span, group_bytes);
+    ahead_dy.start(a.dy + g0 * span, group_bytes);
+    auto prefetch = [&] {
+      ahead_x.strip();
+      ahead_dy.strip();
+    };
+    for (int64_t j = b.s0; j < full; j += V::W) {
+      prefetch();
+      strip(Full{}, g0, rows, j);
+    }
+    if (full < b.s1) {
+      prefetch();
+      strip(Tail{static_cast<int>(b.s1 - full)}, g0, rows, full);
+    }
   }
 }
 
