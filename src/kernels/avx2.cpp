@@ -8,6 +8,8 @@
 // plus the odd last element on its own: never a byte outside [p, p + n).
 #include <immintrin.h>
 
+#include <array>
+
 #include "kernels/kernels.hpp"
 
 namespace bn::kernels {

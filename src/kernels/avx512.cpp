@@ -9,6 +9,8 @@
 // is used (masked-off lanes are never touched).
 #include <immintrin.h>
 
+#include <array>
+
 #include "kernels/kernels.hpp"
 
 namespace bn::kernels {

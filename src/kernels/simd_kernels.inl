@@ -296,6 +296,21 @@ struct Consts {
   typename V::F v[N];
 };
 
+// The N inputs of an elementwise pass, asked into L2 kAhead bytes past each vector of a wide
+// features-last row (more than four vectors). Measured with 512 features, 1 thread: inference
+// forward 10 % and the backward 8 % faster, although that walk is in memory order; on planar
+// rows and narrow rows the same prefetches measured 10-15 % slower, so they have none.
+template <class E, int N>
+struct Inputs {
+  static constexpr uintptr_t kAhead = 4096;
+  const E* p[3];  // the first N are used
+  void operator()(int64_t at) const {
+    for (int i = 0; i < N; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p[i] + at) + kAhead), _MM_HINT_T1);
+    }
+  }
+};
+
 // Walks the elements of a block one vector at a time, calling body(ld, at, k) with the loader
 // for that vector, its element offset and the vectors k.v[i] of the per-feature constants
 // tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
@@ -324,8 +339,8 @@ inline void walk_narrow(const Geometry& g, const Block& b, const float* const (&
 // Walks the elements of a block one vector at a time, calling body(ld, at, k) with the loader
 // for that vector, its element offset and the vectors k.v[i] of the per-feature constants
 // tables[i]: broadcast once per row for planar rows, loaded per vector for interleaved ones.
-template <bool Stream, int N, class Body>
-inline void walk_stream(const Geometry& g, const Block& b, const float* const (&tables)[N], Body body) {
+template <bool Stream, int N, class In, class Body>
+inline void walk_stream(const Geometry& g, const Block& b, const float* const (&tables)[N], const In& in, Body body) {
   Consts<N> k;
   const FullT<Stream> whole;
   if (is_planar(g)) {
@@ -350,6 +365,7 @@ inline void walk_stream(const Geometry& g, const Block& b, const float* const (&
   }
   // Wide rows, in memory order (segments of features walked over all rows measured slower).
   auto vector_at = [&](auto ld, int64_t row, int64_t j) {
+    in(row + j);
     for (int i = 0; i < N; ++i) k.v[i] = ld(tables[i] + j);
     body(ld, row + j, k);
   };
@@ -362,13 +378,14 @@ inline void walk_stream(const Geometry& g, const Block& b, const float* const (&
   }
 }
 
-template <int N, class Body>
-inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], bool stream, Body body) {
+template <int N, class In, class Body>
+inline void walk(const Geometry& g, const Block& b, const float* const (&tables)[N], bool stream, const In& in,
+                 Body body) {
   if (stream) {
-    walk_stream<true>(g, b, tables, body);
+    walk_stream<true>(g, b, tables, in, body);
     V::fence();  // order the non-temporal stores before the task completes
   } else {
-    walk_stream<false>(g, b, tables, body);
+    walk_stream<false>(g, b, tables, in, body);
   }
 }
 
@@ -379,7 +396,8 @@ void normalize_impl(const NormalizeArgs<E>& a, const Block& b) {
   const E* x = a.x;
   const E* residual = a.residual;
   E* y = a.y;
-  walk(a.geometry, b, tables, a.stream, [x, residual, y](auto ld, int64_t at, const Consts<3>& k) {
+  const Inputs<E, Residual ? 2 : 1> in{{x, residual}};
+  walk(a.geometry, b, tables, a.stream, in, [x, residual, y](auto ld, int64_t at, const Consts<3>& k) {
     typename V::F z = V::fma(V::sub(ld(x + at), k.v[0]), k.v[1], k.v[2]);
     if constexpr (Residual) z = V::add(z, ld(residual + at));
     if constexpr (Relu) z = V::max0(z);
@@ -537,12 +555,13 @@ void backward_dx_impl(const BackwardDxArgs<E>& a, const Block& b) {
     if constexpr (Dx) ld.store(dx + at, V::fma(k.v[1], g, V::fma(k.v[2], V::sub(ld(x + at), k.v[0]), k.v[3])));
     if constexpr (Dres) ld.store(dres + at, g);
   };
+  const Inputs<E, Mode == kGateFromY ? 3 : 2> in{{x, dy, gate.y}};
   if constexpr (Mode == kGateFromX) {
     const float* const tables[7] = {a.center, a.k_dy, a.k_x, a.k_c, gate.z_center, gate.z_scale, gate.z_shift};
-    walk(a.geometry, b, tables, a.stream, body);
+    walk(a.geometry, b, tables, a.stream, in, body);
   } else {
     const float* const tables[4] = {a.center, a.k_dy, a.k_x, a.k_c};
-    walk(a.geometry, b, tables, a.stream, body);
+    walk(a.geometry, b, tables, a.stream, in, body);
   }
 }
 
