@@ -482,6 +482,103 @@ TEST_CASE("block grid and every kernel table against naive loops", "[kernels]") 
   }
 }
 
+// The features-last statistics sum x - K around a per-feature shift K (the mean of 8 rows
+// spread evenly over the block: rows o0 + i*step, step = rows/8) and must fall back to an
+// exact two-pass where K is far off. Per block, against long double: features whose sampled
+// rows are far off the others (the fallback; without it M2 is off by up to ~1e-5),
+// means of 1e4 with unit spread, constant features (mean exact, M2 exactly 0), and a second
+// data set with NaN and infinity in two features (non-finite statistics there, the others
+// exact). Shapes: one block of rows < 8, blocks of many rows, and more than 1024 features
+// (the kernels take features in chunks) with a SIMD tail in the last chunk.
+TEST_CASE("features-last statistics: far shifts, large means, constant and non-finite features", "[kernels]") {
+  const std::vector<int64_t> shape = GENERATE(std::vector<int64_t>{5, 13}, std::vector<int64_t>{300, 37},
+                                              std::vector<int64_t>{2000, 70}, std::vector<int64_t>{96, 1100});
+  const bool nonfinite = GENERATE(false, true);
+  CAPTURE(describe_shape(shape), nonfinite);
+  const std::vector<int32_t> last{-1};
+  const bn::AxisPlan axes = bn::resolve_axes(last, shape.data(), 2);
+  const bn::ShapePlan p = bn::plan_shape(axes, shape.data(), 2);
+  const bn::kernels::Geometry& g = p.geometry;
+  const bn::BlockGrid& grid = p.grid;
+  const int64_t rows = shape[0], c = shape[1];
+  REQUIRE(g.span == c);
+  REQUIRE(g.inner == 1);
+  enum Kind { plain, far_shift, large_mean, constant };
+  auto kind = [](int64_t f) { return static_cast<Kind>(f % 4); };
+  DataGen gen(2024 + static_cast<uint64_t>(rows * c));
+  std::vector<float> x(static_cast<size_t>(rows * c));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t f = 0; f < c; ++f) {
+      const double z = gen.normal(1, 0.0, 1.0, RefDtype::f64)[0];
+      const double v = kind(f) == constant    ? 3.25
+                       : kind(f) == large_mean ? 1e4 + z
+                       : kind(f) == far_shift  ? 0.3 + 0.01 * static_cast<double>(f)
+                                               : 0.5 + z;
+      x[static_cast<size_t>(r * c + f)] = static_cast<float>(v);
+    }
+  }
+  // The far-shift features: one value, and 1000.3 more in the sampled rows of every block. The
+  // rounding of (x - K)^2 is then the same for every row, so without the fallback M2 would be
+  // off by that rounding times Q/M2 (~ rows/8).
+  for (int64_t b = 0; b < grid.count(); ++b) {
+    const bn::kernels::Block blk = grid.block(g, b);
+    const int64_t n = blk.o1 - blk.o0, samples = std::min<int64_t>(8, n), step = n / samples;
+    for (int64_t i = 0; i < samples; ++i) {
+      for (int64_t f = blk.s0; f < blk.s1; ++f) {
+        if (kind(f) == far_shift) x[static_cast<size_t>((blk.o0 + i * step) * c + f)] += 1000.3f;
+      }
+    }
+  }
+  const int64_t nan_feature = 5 % c, inf_feature = 6 % c;
+  if (nonfinite) {
+    x[static_cast<size_t>((rows / 2) * c + nan_feature)] = std::numeric_limits<float>::quiet_NaN();
+    x[static_cast<size_t>((rows - 1) * c + inf_feature)] = std::numeric_limits<float>::infinity();
+  }
+  for (const char* isa : {"ref", "avx2", "avx512"}) {
+    const auto* k = bn::kernels::kernels_for_isa<float>(isa);
+    if (!k) continue;
+    INFO("kernels " << isa);
+    std::vector<double> mean(static_cast<size_t>(grid.o_blocks * c), kNaN), m2 = mean;
+    int failures = 0, nonfinite_blocks = 0;
+    for (int64_t b = 0; b < grid.count(); ++b) {
+      const bn::kernels::Block blk = grid.block(g, b);
+      const int64_t bo = b / grid.s_blocks;
+      k->stats({g, x.data(), mean.data() + bo * c, m2.data() + bo * c}, blk);
+      const auto n = static_cast<long double>(blk.o1 - blk.o0);
+      for (int64_t f = blk.s0; f < blk.s1; ++f) {
+        long double s = 0, q = 0;
+        for (int64_t r = blk.o0; r < blk.o1; ++r) s += x[static_cast<size_t>(r * c + f)];
+        const long double want_mean = s / n;
+        for (int64_t r = blk.o0; r < blk.o1; ++r) {
+          const long double d = x[static_cast<size_t>(r * c + f)] - want_mean;
+          q += d * d;
+        }
+        const double got_mean = mean[static_cast<size_t>(bo * c + f)], got_m2 = m2[static_cast<size_t>(bo * c + f)];
+        const std::string where = "block " + std::to_string(b) + " feature " + std::to_string(f);
+        if (!std::isfinite(s)) {  // the block holds the NaN or the infinity of this feature
+          ++nonfinite_blocks;
+          if (std::isfinite(got_mean) && std::isfinite(got_m2) && failures++ < 5) FAIL_CHECK("finite statistics with NaN or inf, " + where);
+          continue;
+        }
+        bool ok;
+        if (kind(f) == constant) {
+          ok = got_mean == 3.25 && got_m2 == 0.0;
+        } else {
+          const long double sd = std::sqrt(q / n);
+          ok = std::fabs(got_mean - want_mean) <= 1e-6L * sd + 1e-15L * std::fabs(want_mean) &&
+               std::fabs(got_m2 - q) <= 2e-6L * q;
+        }
+        if (!ok && failures++ < 5) {
+          FAIL_CHECK(where << " (kind " << kind(f) << "): mean " << got_mean << " vs " << static_cast<double>(want_mean)
+                           << ", M2 " << got_m2 << " vs " << static_cast<double>(q));
+        }
+      }
+    }
+    CHECK(failures == 0);
+    CHECK(nonfinite_blocks == (nonfinite ? 2 : 0));
+  }
+}
+
 TEST_CASE("empty tensors plan no blocks", "[kernels]") {
   const std::vector<int64_t> shape{0, 3, 4};
   const bn::AxisPlan axes = bn::resolve_axes({1}, shape.data(), 3);
