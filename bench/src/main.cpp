@@ -124,7 +124,13 @@ struct Bench {
                 std::thread::hardware_concurrency(), load_note(others_share).c_str());
     std::printf("Threads timed:");
     for (int t : opt.threads) std::printf(" %d", t);
-    std::printf(". Times are medians per call in ms.\n");
+    std::printf(". Times are medians per call in ms");
+    if (opt.rounds > 1) {
+      std::printf(", each the median of %d rounds (the whole table timed %d times, the PyTorch peer run "
+                  "again before each round)",
+                  opt.rounds, opt.rounds);
+    }
+    std::printf(".\n");
     for (int c = 0; c < kColumns; ++c)
       std::printf("  %s\n", c == kPytorch ? torch.describe().c_str() : impls[c]->describe().c_str());
   }
@@ -139,16 +145,18 @@ struct Bench {
       auto runner = impl.prepare(t, row.mode, row.threads);
       if (c == kLibbatchnorm) {
         runner->run();  // first call: whatever the layer plans lazily is now in place
-        row.layer_bytes = heap_in_use() - heap_before;
+        row.layer_bytes = std::max(row.layer_bytes.value_or(0.0), heap_in_use() - heap_before);
       }
       const TimingPolicy policy{opt.target_seconds, 3, opt.quick ? 9 : 101, 5e-4};
-      row.seconds[c] = time_median([&] { runner->run(); }, policy).median_seconds;
+      row.round_seconds[c].push_back(time_median([&] { runner->run(); }, policy).median_seconds);
+      row.seconds[c] = median_of(row.round_seconds[c]);
       // Steady state: count heap allocations over a few more calls.
       constexpr int kCalls = 3;
       bench_alloc_counting(1);
       for (int i = 0; i < kCalls; ++i) runner->run();
       bench_alloc_counting(0);
-      row.allocs_per_call[c] = static_cast<double>(bench_alloc_count()) / kCalls;
+      row.allocs_per_call[c] =
+          std::max(row.allocs_per_call[c].value_or(0.0), static_cast<double>(bench_alloc_count()) / kCalls);
       if (opt.check) {
         const std::string err = check_outputs(t, row.mode);
         if (!err.empty()) {
@@ -167,23 +175,29 @@ struct Bench {
     }
   }
 
-  void run_case(const Case& k) {
+  // One round of one case: its rows (made in the first round, from `first` on) timed again.
+  void run_case(const Case& k, size_t first, bool last_round) {
     Tensors t(k);
+    size_t i = first;
     for (Mode mode : kModes)
       for (int threads : opt.threads) {
-        Row row;
-        row.name = k.name;
-        row.layout = k.layout;
-        row.mode = mode;
-        row.threads = threads;
-        row.bound_seconds = minimal_bytes(k, mode) / bandwidth[threads];
+        if (i == rows.size()) {
+          Row row;
+          row.name = k.name;
+          row.layout = k.layout;
+          row.mode = mode;
+          row.threads = threads;
+          row.bound_seconds = minimal_bytes(k, mode) / bandwidth[threads];
+          rows.push_back(row);
+        }
+        Row& row = rows[i++];
         for (int c : {kLibbatchnorm, kOnednn, kLoop, kOpenblas}) time_impl(c, t, row);
+        if (!last_round) continue;
         const auto tm = torch.lookup(k.name, k.layout, mode_name(mode), threads);
         row.torch_plain = tm.plain;
         row.torch_heap_reuse = tm.heap_reuse;
         row.seconds[kPytorch] = tm.best();
         print_row(stdout, row);
-        rows.push_back(row);
       }
   }
 };
@@ -199,19 +213,33 @@ int run(int argc, char** argv) {
   const CpuClock run_start = CpuClock::now();
   Bench bench(opt);
   bench.measure_bandwidth();
-  if (opt.torch) bench.torch.run_all(opt.threads);
-  bench.describe(others_before);
-  std::printf("\n");
-  print_table_header(stdout);
-  for (size_t i = 0; i < cases.size(); ++i) {
-    std::fprintf(stderr, "[%zu/%zu] %s %s\n", i + 1, cases.size(), cases[i].name.c_str(),
-                 cases[i].layout.c_str());
-    try {
-      bench.run_case(cases[i]);
-    } catch (const std::bad_alloc&) {
-      ++bench.failures;
-      std::fprintf(stderr, "ERROR: out of memory for %s %s\n", cases[i].name.c_str(),
-                   cases[i].layout.c_str());
+  // Rounds: the PyTorch peer, then every case; the table is printed in the last round, each
+  // time the median over the rounds (machine noise drifts over minutes: every implementation
+  // is timed in every round, so drift reaches them alike).
+  std::vector<size_t> first_row(cases.size(), 0);
+  std::vector<bool> skipped(cases.size(), false);  // out of memory in the first round
+  for (int round = 1; round <= opt.rounds; ++round) {
+    const bool last = round == opt.rounds;
+    if (opt.torch) bench.torch.run_all(opt.threads);
+    if (last) {
+      bench.describe(others_before);
+      std::printf("\n");
+      print_table_header(stdout);
+    }
+    for (size_t i = 0; i < cases.size(); ++i) {
+      std::fprintf(stderr, "[round %d/%d] [%zu/%zu] %s %s\n", round, opt.rounds, i + 1, cases.size(),
+                   cases[i].name.c_str(), cases[i].layout.c_str());
+      if (round == 1) first_row[i] = bench.rows.size();
+      if (skipped[i]) continue;
+      try {
+        bench.run_case(cases[i], first_row[i], last);
+      } catch (const std::bad_alloc&) {
+        ++bench.failures;
+        if (round == 1) skipped[i] = true;
+        if (round == 1) bench.rows.resize(first_row[i]);  // no partial rows
+        std::fprintf(stderr, "ERROR: out of memory for %s %s\n", cases[i].name.c_str(),
+                     cases[i].layout.c_str());
+      }
     }
   }
   print_summary(stdout, bench.rows, opt.threads);

@@ -17,6 +17,8 @@ void usage(const char* argv0, int code) {
                "  --quick          few repetitions (CI smoke); implies --check\n"
                "  --check          compare outputs with a double-precision reference\n"
                "  --target SEC     time spent per implementation and row (default 0.25)\n"
+               "  --rounds N       time the whole table N times, report each time's median\n"
+               "                   over the rounds (default 3; --quick: 1)\n"
                "  --no-torch       do not run the PyTorch peer\n"
                "  --python PATH    interpreter for the PyTorch peer (default %s)\n"
                "  --torch-script PATH, --gnuplot-script PATH   override the bench/ files\n",
@@ -65,6 +67,7 @@ Options parse_options(int argc, char** argv) {
     else if (a == "--check") o.check = true;
     else if (a == "--no-torch") o.torch = false;
     else if (a == "--target") o.target_seconds = std::atof(value().c_str());
+    else if (a == "--rounds") o.rounds = std::atoi(value().c_str());
     else if (a == "--python") o.python = value();
     else if (a == "--torch-script") o.torch_script = value();
     else if (a == "--gnuplot-script") o.gnuplot_script = value();
@@ -76,6 +79,11 @@ Options parse_options(int argc, char** argv) {
   if (o.quick) {
     o.check = true;
     o.target_seconds = 0.005;
+    o.rounds = 1;
+  }
+  if (o.rounds < 1 || o.rounds > 20) {
+    std::fprintf(stderr, "bn_bench: --rounds must be 1 to 20\n");
+    std::exit(2);
   }
   if (!(o.target_seconds > 0)) {
     std::fprintf(stderr, "bn_bench: --target must be > 0\n");

@@ -22,7 +22,8 @@ struct Row {
   Mode mode = Mode::kInference;
   int threads = 1;
   double bound_seconds = 0;  // minimal bytes / copy bandwidth at this thread count
-  std::array<std::optional<double>, kColumns> seconds;          // median per call
+  std::array<std::optional<double>, kColumns> seconds;          // median per call (over the rounds)
+  std::array<std::vector<double>, kColumns> round_seconds;     // C++ implementations: one per round
   std::array<std::optional<double>, kColumns> allocs_per_call;  // C++ implementations only
   std::optional<double> torch_plain, torch_heap_reuse;
   std::optional<double> layer_bytes;  // libbatchnorm heap held by the layer after the first call

@@ -40,4 +40,11 @@ Timing time_median(const std::function<void()>& call, const TimingPolicy& policy
   return {per_call[samples / 2], samples * batch};
 }
 
+std::optional<double> median_of(std::vector<double> values) {
+  if (values.empty()) return std::nullopt;
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
 }  // namespace bn::bench

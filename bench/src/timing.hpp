@@ -2,6 +2,8 @@
 #pragma once
 
 #include <functional>
+#include <optional>
+#include <vector>
 
 namespace bn::bench {
 
@@ -20,5 +22,8 @@ struct Timing {
 // Warms up (at least two calls and ~1/5 of the budget, at most 0.05 s), then takes
 // samples of k back-to-back calls and returns the median per-call time.
 Timing time_median(const std::function<void()>& call, const TimingPolicy& policy);
+
+// The median of the values (the mean of the middle two for an even count); none when empty.
+std::optional<double> median_of(std::vector<double> values);
 
 }  // namespace bn::bench

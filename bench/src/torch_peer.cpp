@@ -1,5 +1,7 @@
 #include "torch_peer.hpp"
 
+#include "timing.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,8 +74,8 @@ bool TorchPeer::run_one(int threads, bool heap_reuse) {
       std::string name, layout, mode;
       double seconds = 0;
       if (in >> name >> layout >> mode >> seconds) {
-        Times& tm = times_[Key{name, layout, mode, threads}];
-        (heap_reuse ? tm.heap_reuse : tm.plain) = seconds;
+        Samples& tm = times_[Key{name, layout, mode, threads}];
+        (heap_reuse ? tm.heap_reuse : tm.plain).push_back(seconds);
       }
     } else if (tag == "version") {
       in >> version_;
@@ -96,7 +98,8 @@ bool TorchPeer::run_one(int threads, bool heap_reuse) {
 TorchPeer::Times TorchPeer::lookup(const std::string& name, const std::string& layout,
                                    const std::string& mode, int threads) const {
   auto it = times_.find(Key{name, layout, mode, threads});
-  return it == times_.end() ? Times{} : it->second;
+  if (it == times_.end()) return {};
+  return {median_of(it->second.plain), median_of(it->second.heap_reuse)};
 }
 
 }  // namespace bn::bench

@@ -1,5 +1,6 @@
 // The PyTorch peer: bench/torch_peer.py run by /usr/bin/python3 as a subprocess, once per
-// thread count plain and once with glibc's heap reuse, keeping the faster time per row.
+// thread count plain and once with glibc's heap reuse, keeping the faster time per row. Run
+// once per round of the benchmark; a row's time is the median over the rounds.
 #pragma once
 
 #include <map>
@@ -21,14 +22,15 @@ class TorchPeer {
 
   explicit TorchPeer(const Options& options) : options_(options) {}
 
-  // Runs the script for every thread count, both heap settings. Never fails: a missing
-  // interpreter, torch or script makes available() false and describe() says why.
+  // Runs the script for every thread count, both heap settings (one round: call again for
+  // the next). Never fails: a missing interpreter, torch or script makes available() false
+  // and describe() says why.
   void run_all(const std::vector<int>& threads);
   bool available() const { return available_; }
   std::string describe() const { return description_; }
 
   struct Times {
-    std::optional<double> plain, heap_reuse;
+    std::optional<double> plain, heap_reuse;  // medians over the rounds
     std::optional<double> best() const;
   };
   Times lookup(const std::string& name, const std::string& layout, const std::string& mode,
@@ -41,7 +43,10 @@ class TorchPeer {
   bool available_ = false;
   std::string description_ = "PyTorch: not run (--no-torch)";
   std::string version_;
-  std::map<Key, Times> times_;
+  struct Samples {
+    std::vector<double> plain, heap_reuse;  // one per round
+  };
+  std::map<Key, Samples> times_;
 };
 
 }  // namespace bn::bench
