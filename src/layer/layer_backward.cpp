@@ -150,7 +150,7 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
   const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
                                            pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual,
-                                           stream_output<T>(plan)};
+                                           stream_output<T>(plan, backward_tensors(dx, dresidual, gate), executor_.concurrency())};
   const bool elementwise = (dx || dresidual) && plan.elements > 0;
 
   if (!batch && !param_grads) {

@@ -62,7 +62,7 @@ void Layer::forward_inference(const ShapePlan& plan, const ForwardIo& io) const 
                                        pf.k2.data(),
                                        static_cast<const T*>(io.residual),
                                        config_.relu,
-                                       stream_output<T>(plan)};
+                                       stream_output<T>(plan, io.residual ? 3 : 2, executor_.concurrency())};
   const BlockGrid& sg = plan.stream_grid;
   executor_.for_blocks(sg.count(), [&](int64_t b) { k.normalize(args, sg.block(plan.geometry, b)); });
 }
@@ -132,7 +132,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
                                        used.k2.data(),
                                        static_cast<const T*>(io.residual),
                                        config_.relu,
-                                       stream_output<T>(plan)};
+                                       stream_output<T>(plan, io.residual ? 3 : 2, executor_.concurrency())};
 
   double replicas = 1.0;
   bool skip_update = false;

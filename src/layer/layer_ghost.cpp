@@ -148,7 +148,7 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
   }
   const kernels::NormalizeArgs<T> norm{g,           x,           static_cast<T*>(io.y), pf.center.data(),
                                        pf.k1.data(), pf.k2.data(), static_cast<const T*>(io.residual),
-                                       config_.relu, stream_output<T>(plan)};
+                                       config_.relu, stream_output<T>(plan, io.residual ? 3 : 2, executor_.concurrency())};
   executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(norm, grid.block(g, b)); });
 
   // Commit: nothing below can fail.
@@ -272,7 +272,7 @@ void Layer::backward_ghost(Ghost& gh, const BackwardIo& io, bool param_grads) {
   if (dx || dresidual) {
     const kernels::BackwardDxArgs<T> args{g,           x,           dy,          dx,   pf.center.data(),
                                           pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual,
-                                          stream_output<T>(plan)};
+                                          stream_output<T>(plan, backward_tensors(dx, dresidual, gate), executor_.concurrency())};
     executor_.for_blocks(grid.count(), [&](int64_t b) { k.backward_dx(args, grid.block(g, b)); });
   }
 }

@@ -13,22 +13,36 @@
 #include "kernels/kernels.hpp"
 #include "layer/error.hpp"
 #include "layer/layer.hpp"
+#include "parallel/machine.hpp"
 
 namespace bn {
 namespace detail {
 
 constexpr int64_t kFeaturesPerTask = 256;  // per-feature work is split in chunks of this size
-// Outputs of at least this many bytes are written with non-temporal stores (saves reading
-// them in first), when every row starts on the same 64-byte phase: mixing streaming and
-// ordinary stores on one cache line (rows of 49 floats) measured much slower than either.
-constexpr int64_t kStreamBytes = int64_t{4} << 20;
+// Outputs are written with non-temporal stores when the call's data (every tensor it reads
+// or writes) cannot stay in the last-level cache between calls, and every row starts on the
+// same 64-byte phase (mixing streaming and ordinary stores on one cache line, rows of 49
+// floats, measured much slower than either). Measured with features-last tensors of 4 to 16
+// MB and a 32 MB L3: on one thread ordinary stores are as fast or faster up to a working set
+// of ~0.6 x L3 and streaming ones up to 1.5x faster beyond; on two threads ordinary stores are
+// up to 2.3x faster up to ~1 x L3 (cache hits outrun the streaming stores' memory bandwidth).
+constexpr int64_t kStreamBytesUnknownCache = int64_t{16} << 20;
 
 template <class T>
-inline bool stream_output(const ShapePlan& plan) {
+inline bool stream_output(const ShapePlan& plan, int tensors, int32_t threads) {
   const kernels::Geometry& g = plan.geometry;
-  if (!g.identity() || plan.elements * static_cast<int64_t>(sizeof(T)) < kStreamBytes) return false;
+  if (!g.identity()) return false;
+  const int64_t llc = parallel::last_level_cache_bytes();
+  const int64_t limit = llc <= 0 ? kStreamBytesUnknownCache : threads > 1 ? llc : llc / 8 * 5;
+  if (plan.elements * static_cast<int64_t>(sizeof(T)) * tensors <= limit) return false;
   const int64_t row_bytes = (g.inner > 1 ? g.inner : g.span) * static_cast<int64_t>(sizeof(T));
   return row_bytes % 64 == 0;
+}
+
+// The tensors a backward touches: x and dy, dx and dresidual where wanted, y for the ReLU gate.
+template <class T>
+inline int backward_tensors(const T* dx, const T* dresidual, const kernels::Gate<T>& gate) {
+  return 2 + (dx ? 1 : 0) + (dresidual ? 1 : 0) + (gate.y ? 1 : 0);
 }
 
 // max(0, v) that keeps NaN (std::max(0.0, NaN) is 0): a variance from NaN data stays NaN, as

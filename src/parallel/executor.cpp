@@ -31,6 +31,12 @@ constexpr bool kSerial = true;
 constexpr bool kSerial = false;
 #endif
 
+int32_t Executor::concurrency() const {
+  if (kSerial || max_threads_ == 1) return 1;
+  if (max_threads_ > 1) return max_threads_;
+  return tbb::this_task_arena::max_concurrency();
+}
+
 void Executor::run(int64_t count, Body body, const void* ctx) const {
   if (count <= 0) return;
   if (kSerial || count == 1 || max_threads_ == 1) {

@@ -19,6 +19,8 @@ class Executor {
   // 0: the caller's arena; 1: the calling thread only; n > 1: an arena of n threads.
   void set_max_threads(int32_t max_threads);
   int32_t max_threads() const { return max_threads_; }
+  // Threads a loop can run on: 1, the arena's size, or the caller's arena's concurrency.
+  int32_t concurrency() const;
 
   // Calls fn(block) for every block in [0, count). fn must not throw.
   template <class Fn>
