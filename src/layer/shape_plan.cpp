@@ -222,6 +222,15 @@ ShapePlan plan_shape(const AxisPlan& axes, const int64_t* shape, int32_t ndim) {
     sg.o_blocks = (g.outer + sg.o_chunk - 1) / sg.o_chunk;
     sg.s_blocks = (g.span + sg.s_chunk - 1) / sg.s_chunk;
   }
+  if (g.identity() && inner == 1 && grid.o_blocks == 1 && g.outer * grid.s_chunk > kBlockTarget / 2) {
+    // Features last with every row in one block row (each block's statistics are final and it
+    // is normalized while in cache): segments of about kBlockTarget/2 elements, whole multiples
+    // of 64 features, so that more than one thread has work (measured on 64x1024, two threads:
+    // training forward and backward 15-25 % faster). Not the elementwise grid: an inference
+    // pass over so few elements measured slower split.
+    grid.s_chunk = std::min(grid.s_chunk, std::max<int64_t>(64, kBlockTarget / 2 / g.outer / 64 * 64));
+    grid.s_blocks = (g.span + grid.s_chunk - 1) / grid.s_chunk;
+  }
   return p;
 }
 
