@@ -22,10 +22,11 @@ constexpr int64_t kFeaturesPerTask = 256;  // per-feature work is split in chunk
 // Outputs are written with non-temporal stores when the call's data (every tensor it reads
 // or writes) cannot stay in the last-level cache between calls, and every row starts on the
 // same 64-byte phase (mixing streaming and ordinary stores on one cache line, rows of 49
-// floats, measured much slower than either). Measured with features-last tensors of 4 to 16
-// MB and a 32 MB L3: on one thread ordinary stores are as fast or faster up to a working set
-// of ~0.6 x L3 and streaming ones up to 1.5x faster beyond; on two threads ordinary stores are
-// up to 2.3x faster up to ~1 x L3 (cache hits outrun the streaming stores' memory bandwidth).
+// floats, measured much slower than either). Measured with tensors of 4 to 16 MB and a 32 MB
+// L3: on one thread ordinary stores are as fast or faster up to a working set of ~0.6 x L3,
+// streaming ones up to 1.5x faster beyond; on two threads ordinary stores are up to 2.3x
+// faster up to ~0.75 x L3 (cache hits outrun the streaming stores' memory bandwidth), and
+// streaming ones up to 1.25x faster at 1 x L3.
 constexpr int64_t kStreamBytesUnknownCache = int64_t{16} << 20;
 
 template <class T>
@@ -33,7 +34,7 @@ inline bool stream_output(const ShapePlan& plan, int tensors, int32_t threads) {
   const kernels::Geometry& g = plan.geometry;
   if (!g.identity()) return false;
   const int64_t llc = parallel::last_level_cache_bytes();
-  const int64_t limit = llc <= 0 ? kStreamBytesUnknownCache : threads > 1 ? llc : llc / 8 * 5;
+  const int64_t limit = llc <= 0 ? kStreamBytesUnknownCache : threads > 1 ? llc / 4 * 3 : llc / 8 * 5;
   if (plan.elements * static_cast<int64_t>(sizeof(T)) * tensors <= limit) return false;
   const int64_t row_bytes = (g.inner > 1 ? g.inner : g.span) * static_cast<int64_t>(sizeof(T));
   return row_bytes % 64 == 0;
