@@ -579,6 +579,99 @@ TEST_CASE("features-last statistics: far shifts, large means, constant and non-f
   }
 }
 
+// Streamed (non-temporal) outputs: the SIMD walks start each row with a masked vector up to
+// the output's next 64-byte boundary, so that the rest is stored whole lines at a time. For
+// every output alignment (0..15 floats past a boundary), planar rows, wide and narrow
+// features-last rows, with a tail: normalize (plain and with the residual + ReLU epilogue)
+// and backward_dx (with dresidual) give bitwise the outputs of the same call without
+// streaming, and write nothing outside their outputs.
+TEST_CASE("streamed outputs at every alignment equal the unstreamed ones", "[kernels]") {
+  struct Shape {
+    std::vector<int64_t> dims;
+    int32_t axis;
+  };
+  const Shape shape = GENERATE(Shape{{3, 5, 67}, 1}, Shape{{9, 131}, -1}, Shape{{40, 48}, -1}, Shape{{6, 16}, -1},
+                               Shape{{2, 3, 7, 5}, 1});
+  const std::vector<int32_t> axes{shape.axis};
+  const auto ndim = static_cast<int32_t>(shape.dims.size());
+  const bn::AxisPlan ap = bn::resolve_axes(axes, shape.dims.data(), ndim);
+  const bn::ShapePlan p = bn::plan_shape(ap, shape.dims.data(), ndim);
+  const bn::kernels::Geometry& g = p.geometry;
+  const auto n = static_cast<size_t>(p.elements), c = static_cast<size_t>(g.features);
+  CAPTURE(describe_shape(shape.dims));
+  DataGen gen(31 + n);
+  auto floats = [&](size_t count, double lo, double hi) {
+    const std::vector<double> v = gen.uniform_vector(count, lo, hi, RefDtype::f32);
+    return std::vector<float>(v.begin(), v.end());
+  };
+  const std::vector<float> x = floats(n, -2, 2), dy = floats(n, -1, 1), r = floats(n, -1, 1);
+  const std::vector<float> center = floats(c, -1, 1), scale = floats(c, -2, 2), shift = floats(c, -1, 1),
+                           k_x = floats(c, -1, 1), k_c = floats(c, -1, 1);
+  constexpr size_t kPad = 32;  // guard floats on both sides of every output
+  for (const char* isa : {"avx2", "avx512"}) {
+    const auto* k = bn::kernels::kernels_for_isa<float>(isa);
+    if (!k) continue;
+    INFO("kernels " << isa);
+    for (size_t offset = 0; offset < 16; ++offset) {
+      CAPTURE(offset);
+      // Outputs at `offset` floats past a 64-byte boundary, inside guarded buffers.
+      struct Out {
+        std::vector<float> buf;
+        float* at;
+        explicit Out(size_t n, size_t offset) : buf(n + 2 * kPad + 16, -7.0f) {
+          const auto base = reinterpret_cast<uintptr_t>(buf.data() + kPad);
+          at = reinterpret_cast<float*>((base + 63) / 64 * 64) + offset;
+        }
+        bool guards_intact(size_t n) const {
+          for (size_t i = 0; i < buf.size(); ++i) {
+            const float* e = buf.data() + i;
+            if ((e < at || e >= at + n) && buf[i] != -7.0f) return false;
+          }
+          return true;
+        }
+      };
+      for (int variant = 0; variant < 3; ++variant) {
+        Out plain(n, offset), streamed(n, offset), dres_plain(n, offset), dres_streamed(n, offset);
+        for (int64_t b = 0; b < p.stream_grid.count(); ++b) {
+          const bn::kernels::Block blk = p.stream_grid.block(g, b);
+          for (bool stream : {false, true}) {
+            float* out = stream ? streamed.at : plain.at;
+            if (variant < 2) {
+              bn::kernels::NormalizeArgs<float> a{g, x.data(), out, center.data(), scale.data(), shift.data()};
+              if (variant == 1) {
+                a.residual = r.data();
+                a.relu = true;
+              }
+              a.stream = stream;
+              k->normalize(a, blk);
+            } else {
+              bn::kernels::BackwardDxArgs<float> a{g, x.data(), dy.data(), out, center.data(), scale.data(),
+                                                   k_x.data(), k_c.data()};
+              a.dresidual = stream ? dres_streamed.at : dres_plain.at;
+              a.stream = stream;
+              k->backward_dx(a, blk);
+            }
+          }
+        }
+        INFO("variant " << variant);
+        for (size_t e = 0; e < n; ++e) {
+          if (std::memcmp(plain.at + e, streamed.at + e, 4) != 0) {
+            FAIL_CHECK("element " << e << ": " << plain.at[e] << " vs " << streamed.at[e]);
+            break;
+          }
+        }
+        CHECK(std::memcmp(plain.at, streamed.at, n * sizeof(float)) == 0);
+        CHECK(streamed.guards_intact(n));
+        CHECK(plain.guards_intact(n));
+        if (variant == 2) {
+          CHECK(std::memcmp(dres_plain.at, dres_streamed.at, n * sizeof(float)) == 0);
+          CHECK(dres_streamed.guards_intact(n));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("empty tensors plan no blocks", "[kernels]") {
   const std::vector<int64_t> shape{0, 3, 4};
   const bn::AxisPlan axes = bn::resolve_axes({1}, shape.data(), 3);
