@@ -209,10 +209,6 @@ int32_t Layer::mode() const {
   return mode_;
 }
 
-double Layer::round_param(double v) const {
-  return config_.dtype == DType::f64 ? v : static_cast<double>(static_cast<float>(v));
-}
-
 // Training forwards leave the transform stale (it is needed only once the layer normalizes
 // with the moving statistics again); every change into inference mode refreshes it, so
 // inference forwards, which may run concurrently, only read it.

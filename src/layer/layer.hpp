@@ -130,7 +130,10 @@ class Layer {
   // ghost-major): throws Error(nonfinite) under REFUSE when one is not finite; returns true when
   // the moving statistics must not be updated (SKIP_UPDATE), false otherwise.
   bool screen_statistics(const double* mean, const double* var, int64_t features) const;
-  double round_param(double v) const;
+  // v rounded to the parameters' storage type (float unless the layer is f64).
+  double round_param(double v) const {
+    return config_.dtype == DType::f64 ? v : static_cast<double>(static_cast<float>(v));
+  }
   void refresh_inference_transform();
   const ShapePlan& plan_for(const int64_t* shape, int32_t ndim);
   template <class T> void forward_training(const ShapePlan& plan, const ForwardIo& io);

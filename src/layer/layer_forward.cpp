@@ -121,6 +121,34 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     const double as = adjust ? call_adj_scale_[f] : 1.0, ab = adjust ? call_adj_bias_[f] : 0.0;
     fold_normalize(pf, static_cast<size_t>(f), mean, gamma_[f] * as * r * inv, gamma_[f] * (as * d + ab) + beta_[f]);
   };
+  // transform() for features [f0, f1) from means and M2 sums over `count` values each. The
+  // common case (batch statistics, no renorm, no adjustment: r = 1, d = 0, a_s = 1, a_b = 0)
+  // in one loop without calls or branches, the same operations in the same order (measured:
+  // the per-feature work was a third of a 64x1024 training forward).
+  auto transform_range = [&](int64_t f0, int64_t f1, const double* mean, const double* m2, double count) {
+    if (!batch || renorm || adjust) {
+      for (int64_t f = f0; f < f1; ++f) transform(f, mean[f], nonnegative(m2[f] / count));
+      return;
+    }
+    double *wa = work_a_.data(), *wb = work_b_.data(), *wd = work_d_.data(), *cr = call_r_.data(), *cd = call_d_.data();
+    const double *gamma = gamma_.data(), *beta = beta_.data();
+    C *center = pf.center.data(), *k1 = pf.k1.data(), *k2 = pf.k2.data();
+    const double eps = epsilon_;
+    for (int64_t f = f0; f < f1; ++f) {
+      const double mu = mean[f], var = nonnegative(m2[f] / count);
+      const double inv = 1.0 / std::sqrt(var + eps);
+      wa[f] = mu;
+      wb[f] = var;
+      wd[f] = inv;
+      cr[f] = 1.0;
+      cd[f] = 0.0;
+      const double scale = gamma[f] * 1.0 * 1.0 * inv, shift = gamma[f] * (1.0 * 0.0 + 0.0) + beta[f];
+      const C rounded = static_cast<C>(mu);
+      center[f] = rounded;
+      k1[f] = static_cast<C>(scale);
+      k2[f] = static_cast<C>(shift - (mu - static_cast<double>(rounded)) * scale);
+    }
+  };
   // Without the batch statistics (mode flags), normalize with the moving ones as they were.
   if (!batch) refresh_inference_transform();
   const PerFeature<C>& used = batch ? pf : inference_constants<C>();
@@ -152,7 +180,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
       const double count = grid.count_per_feature(g, 0);
       int64_t f0, f1;
       kernels::block_features(g, block, f0, f1);
-      for (int64_t f = f0; f < f1; ++f) transform(f, partial_a_[f], nonnegative(partial_b_[f] / count));
+      transform_range(f0, f1, partial_a_.data(), partial_b_.data(), count);
       if (!refuse) k.normalize(norm, block);
     });
     skip_update = screen_statistics(work_a_.data(), work_b_.data(), c);
@@ -182,7 +210,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     if (m > 0) {
       executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
         const int64_t f1 = std::min(c, (t + 1) * kFeaturesPerTask);
-        for (int64_t f = t * kFeaturesPerTask; f < f1; ++f) transform(f, work_a_[f], nonnegative(work_b_[f] / m));
+        transform_range(t * kFeaturesPerTask, f1, work_a_.data(), work_b_.data(), m);
       });
       // With a callback these are the global statistics: every replica decides alike.
       skip_update = screen_statistics(work_a_.data(), work_b_.data(), c);
@@ -242,6 +270,10 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
 
 bool Layer::screen_statistics(const double* mean, const double* var, int64_t features) const {
   if (config_.nonfinite == NonFinite::propagate) return false;
+  // All finite (the common case) in one branch-free pass: x - x is 0 for finite x, NaN else.
+  double probe = 0.0;
+  for (int64_t v = 0; v < features; ++v) probe += (mean[v] - mean[v]) + (var[v] - var[v]);
+  if (probe == 0.0) return false;
   for (int64_t v = 0; v < features; ++v) {
     if (std::isfinite(mean[v]) && std::isfinite(var[v])) continue;
     if (config_.nonfinite == NonFinite::skip_update) return true;
