@@ -147,6 +147,33 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     gradients(f, sdy, sxc);
     dx_constants(f, sdy, sxc);
   };
+  // coefficients() for features [f0, f1); with the batch statistics in one loop without calls
+  // or per-feature branches, the same operations in the same order (measured: the per-feature
+  // work was a fifth of a 64x1024 backward).
+  auto coefficients_range = [&](int64_t f0, int64_t f1, const double* sdy, const double* sxc_c) {
+    if (!batch) {
+      for (int64_t f = f0; f < f1; ++f) coefficients(f, sdy[f], sxc_c[f]);
+      return;
+    }
+    const double *mean = center.data(), *is = inv.data(), *gamma = gamma_.data(), *rs = saved_r_.data(),
+                 *ds = saved_d_.data(), *scales = saved_adj_scale_.data(), *biases = saved_adj_bias_.data();
+    double *dg = dgamma.data(), *db = dbeta.data();
+    C *pc = pf.center.data(), *k1 = pf.k1.data(), *k2 = pf.k2.data(), *k3 = pf.k3.data();
+    for (int64_t f = f0; f < f1; ++f) {
+      const double a = sdy[f];
+      const double delta = mean[f] - static_cast<double>(pc[f]);
+      const double sxc = sxc_c[f] - delta * a;
+      const double r = rs[f], as = scales[f];
+      dg[f] = as * r * is[f] * sxc + (as * ds[f] + biases[f]) * a;
+      db[f] = a;
+      const double k_dy = gamma[f] * as * r * is[f];
+      const double k_x = -(k_dy * is[f] * is[f] * sxc) / m;
+      const double k_c = -(k_dy * a) / m;
+      k1[f] = static_cast<C>(k_dy);
+      k2[f] = static_cast<C>(k_x);
+      k3[f] = static_cast<C>(k_c - k_x * delta);
+    }
+  };
   const kernels::BackwardSumsArgs<T> sums{g, x, dy, pf.center.data(), partial_a_.data(), partial_b_.data(), gate};
   const kernels::BackwardDxArgs<T> dx_args{g,           x,           dy,          dx,   pf.center.data(),
                                            pf.k1.data(), pf.k2.data(), pf.k3.data(), gate, dresidual,
@@ -167,7 +194,7 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
       k.backward_sums(sums, block);
       int64_t f0, f1;
       kernels::block_features(g, block, f0, f1);
-      for (int64_t f = f0; f < f1; ++f) coefficients(f, partial_a_[f], partial_b_[f]);
+      coefficients_range(f0, f1, partial_a_.data(), partial_b_.data());
       if (elementwise) k.backward_dx(dx_args, block);
     });
     return;
@@ -204,12 +231,12 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
         sb[f] += pb[f];
       }
     }
+    if (!sync) {  // then the batch is not empty: rows holds
+      coefficients_range(f0, f1, sa, sb);
+      return;
+    }
     for (int64_t f = f0; f < f1; ++f) {
       const double a = rows ? sa[f] : 0.0, b = rows ? sb[f] : 0.0;
-      if (!sync) {
-        coefficients(f, a, b);
-        continue;
-      }
       const double sxc = b - (center[f] - static_cast<double>(pf.center[f])) * a;
       gradients(f, a, sxc);
       global[f] = a;
