@@ -159,6 +159,7 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
                  *ds = saved_d_.data(), *scales = saved_adj_scale_.data(), *biases = saved_adj_bias_.data();
     double *dg = dgamma.data(), *db = dbeta.data();
     C *pc = pf.center.data(), *k1 = pf.k1.data(), *k2 = pf.k2.data(), *k3 = pf.k3.data();
+#pragma GCC ivdep  // distinct arrays
     for (int64_t f = f0; f < f1; ++f) {
       const double a = sdy[f];
       const double delta = mean[f] - static_cast<double>(pc[f]);

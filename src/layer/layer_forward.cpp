@@ -134,8 +134,10 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     const double *gamma = gamma_.data(), *beta = beta_.data();
     C *center = pf.center.data(), *k1 = pf.k1.data(), *k2 = pf.k2.data();
     const double eps = epsilon_;
+#pragma GCC ivdep  // the arrays are distinct members; mean/m2 may be wa/wb, read before written
     for (int64_t f = f0; f < f1; ++f) {
-      const double mu = mean[f], var = nonnegative(m2[f] / count);
+      const double mu = mean[f], v = m2[f] / count;
+      const double var = 0.0 < v ? v : v != v ? v : 0.0;  // nonnegative(v), as selects
       const double inv = 1.0 / std::sqrt(var + eps);
       wa[f] = mu;
       wb[f] = var;
