@@ -312,6 +312,30 @@ void Layer::update_moving_statistics(int64_t m) {
       v = round_param(v - (v - value) * (1.0 - mu));  // Keras' _assign_moving_average
     }
   };
+  if (!config_.cumulative_average && !config_.renorm.enabled) {
+    // The common case in one loop without calls or per-feature branches (vectorized; the same
+    // operations as ema() below).
+    const bool f64 = config_.dtype == DType::f64;
+    double *mm = moving_mean_.data(), *mv = moving_variance_.data();
+    const double *bm = work_a_.data(), *bv = work_b_.data();
+    const auto n = static_cast<int64_t>(moving_mean_.size());
+    auto round = [f64](double v) { return f64 ? v : static_cast<double>(static_cast<float>(v)); };
+    if (fused_) {
+#pragma GCC ivdep  // distinct arrays
+      for (int64_t f = 0; f < n; ++f) {
+        mm[f] = round(mu * mm[f] + (1.0 - mu) * bm[f]);
+        mv[f] = round(mu * mv[f] + (1.0 - mu) * (bv[f] * correction));
+      }
+    } else {
+#pragma GCC ivdep  // distinct arrays
+      for (int64_t f = 0; f < n; ++f) {
+        mm[f] = round(mm[f] - (mm[f] - bm[f]) * (1.0 - mu));
+        mv[f] = round(mv[f] - (mv[f] - bv[f] * correction) * (1.0 - mu));
+      }
+    }
+    inference_stale_ = true;
+    return;
+  }
   const double wr = 1.0 - config_.renorm.momentum;
   for (size_t f = 0; f < moving_mean_.size(); ++f) {
     const double mean = work_a_[f];
