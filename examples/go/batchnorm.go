@@ -247,6 +247,19 @@ func check(s C.bn_status, b *errBuf) error {
 	return &Error{Status: Status(s), Message: C.GoString(b.ptr())}
 }
 
+// do runs one helper call on the live layer: fn gets the handle and the message buffer, and
+// the layer stays reachable (no finalizer) while the library runs on it.
+func (l *Layer) do(fn func(h *C.bn_layer, msg *C.char) C.bn_status) error {
+	h, err := l.handle()
+	if err != nil {
+		return err
+	}
+	var msg errBuf
+	s := fn(h, msg.ptr())
+	runtime.KeepAlive(l)
+	return check(s, &msg)
+}
+
 func bool32(b bool) C.int32_t {
 	if b {
 		return 1
@@ -375,51 +388,31 @@ func (l *Layer) NumFeatures() int { return l.features }
 
 // SetTraining is Keras' training=true/false for the following forwards.
 func (l *Layer) SetTraining(training bool) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	var msg errBuf
-	s := C.bng_set_training(h, bool32(training), msg.ptr())
-	runtime.KeepAlive(l) // no finalizer while the library runs on the layer
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status {
+		return C.bng_set_training(h, bool32(training), m)
+	})
 }
 
 // SetTrainable changes Keras' `trainable` on the live layer.
 func (l *Layer) SetTrainable(trainable bool) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	var msg errBuf
-	s := C.bng_set_trainable(h, bool32(trainable), msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status {
+		return C.bng_set_trainable(h, bool32(trainable), m)
+	})
 }
 
 // SetMomentum changes the momentum (in [0, 1]) of the live layer.
 func (l *Layer) SetMomentum(momentum float64) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	var msg errBuf
-	s := C.bng_set_momentum(h, C.double(momentum), msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status {
+		return C.bng_set_momentum(h, C.double(momentum), m)
+	})
 }
 
 // SetNonfinitePolicy changes what the live layer's training forwards do with NaN or infinity
 // (as Config.Nonfinite).
 func (l *Layer) SetNonfinitePolicy(p NonfinitePolicy) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	var msg errBuf
-	s := C.bng_set_nonfinite_policy(h, C.int32_t(p), msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status {
+		return C.bng_set_nonfinite_policy(h, C.int32_t(p), m)
+	})
 }
 
 // SetNumThreads bounds the threads the layer's calls use: 0 = the default pool, 1 = the
@@ -532,15 +525,10 @@ func (l *Layer) Param(which Param) ([]float32, error) {
 // SetParam sets a parameter or statistic (NumFeatures values; statistics finite, variances
 // >= 0; the batch statistics are read-only). It invalidates the forward kept for Backward.
 func (l *Layer) SetParam(which Param, values []float32) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
 	// The library is told len(values) and refuses a count other than NumFeatures itself.
-	var msg errBuf
-	s := C.bng_set_param(h, C.bn_param(which), floats(values), C.int64_t(len(values)), msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status {
+		return C.bng_set_param(h, C.bn_param(which), floats(values), C.int64_t(len(values)), m)
+	})
 }
 
 // Fold is the inference transform as y = x*scale + shift per feature.

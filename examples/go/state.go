@@ -106,14 +106,9 @@ func (l *Layer) Save() ([]byte, error) {
 // StatusCorruptData. On any failure the layer is as it was. The loaded layer has no forward
 // kept for Backward; it keeps its thread bound.
 func (l *Layer) Load(blob []byte) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	var msg errBuf
-	s := C.bng_load(h, bytesPtr(blob), C.int64_t(len(blob)), msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status {
+		return C.bng_load(h, bytesPtr(blob), C.int64_t(len(blob)), m)
+	})
 }
 
 // SaveFile writes Save's blob to the file at path, replaced atomically (bn_save_file: a
@@ -207,12 +202,7 @@ func (l *Layer) StepCount() (int64, error) {
 // SetStepCount sets the step counter (>= 0), e.g. to PyTorch's num_batches_tracked, so that a
 // cumulative average continues where it was. It changes nothing else.
 func (l *Layer) SetStepCount(count int64) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	var msg errBuf
-	s := C.bng_set_step_count(h, C.int64_t(count), msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status {
+		return C.bng_set_step_count(h, C.int64_t(count), m)
+	})
 }
