@@ -111,41 +111,31 @@ func (l *Layer) Load(blob []byte) error {
 	})
 }
 
-// SaveFile writes Save's blob to the file at path, replaced atomically (bn_save_file: a
-// temporary file in the same directory, fsync'ed and renamed). A file-system error is
-// StatusInvalidArgument with the system's reason.
-func (l *Layer) SaveFile(path string) error {
-	h, err := l.handle()
-	if err != nil {
+// doPath is do for a call taking a file path: a closed layer's error first, then a path the
+// library cannot take (an embedded NUL), then the call with the path as a C string.
+func (l *Layer) doPath(method, path string, fn func(h *C.bn_layer, p, msg *C.char) C.bn_status) error {
+	if _, err := l.handle(); err != nil {
 		return err
 	}
-	cp, err := cPath("SaveFile", path)
+	cp, err := cPath(method, path)
 	if err != nil {
 		return err
 	}
 	defer C.free(unsafe.Pointer(cp))
-	var msg errBuf
-	s := C.bng_save_file(h, cp, msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.do(func(h *C.bn_layer, m *C.char) C.bn_status { return fn(h, cp, m) })
+}
+
+// SaveFile writes Save's blob to the file at path, replaced atomically (bn_save_file: a
+// temporary file in the same directory, fsync'ed and renamed). A file-system error is
+// StatusInvalidArgument with the system's reason.
+func (l *Layer) SaveFile(path string) error {
+	return l.doPath("SaveFile", path, func(h *C.bn_layer, p, m *C.char) C.bn_status { return C.bng_save_file(h, p, m) })
 }
 
 // LoadFile is Load from the file at path (bn_load_file). A file that cannot be read is
 // StatusInvalidArgument, one that is not a valid state StatusCorruptData.
 func (l *Layer) LoadFile(path string) error {
-	h, err := l.handle()
-	if err != nil {
-		return err
-	}
-	cp, err := cPath("LoadFile", path)
-	if err != nil {
-		return err
-	}
-	defer C.free(unsafe.Pointer(cp))
-	var msg errBuf
-	s := C.bng_load_file(h, cp, msg.ptr())
-	runtime.KeepAlive(l)
-	return check(s, &msg)
+	return l.doPath("LoadFile", path, func(h *C.bn_layer, p, m *C.char) C.bn_status { return C.bng_load_file(h, p, m) })
 }
 
 // newLayerFrom builds a layer from a blob or, with path non-nil, a file; only float32 states,
