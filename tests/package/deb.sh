@@ -12,6 +12,8 @@ for tool in cpack dpkg-deb dpkg-shlibdeps dpkg; do
   command -v "$tool" >/dev/null || { echo "SKIP: $tool not found (Debian: apt install dpkg-dev)"; exit 77; }
 done
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# Output is matched through here-strings, never `cmd | grep -q`: grep -q exits at the first
+# match, the writer may then die of SIGPIPE, and pipefail turns that into a failure.
 rm -rf "$work" && mkdir -p "$work"
 
 version=$(sed -n 's/^set(CPACK_PACKAGE_VERSION "\(.*\)")$/\1/p' "$build_dir/CPackConfig.cmake")
@@ -81,9 +83,9 @@ grep -q 'libbatchnorm\.so\.' "$work/dev.files" && fail "$dev holds a versioned l
 root=$work/root
 dpkg-deb -x "$rt_deb" "$root"
 lib=$(find "$root/usr/lib" -name "libbatchnorm.so.$version" -type f)
-readelf -d "$lib" | grep -q "SONAME.*\[libbatchnorm.so.$major\]" || fail "wrong SONAME"
-readelf -S "$lib" | grep -q '\.debug_info' && fail "the packaged library is not stripped"
-nm -D --defined-only "$lib" | grep -q ' T bn_forward$' || fail "bn_forward not exported"
+grep -q "SONAME.*\[libbatchnorm.so.$major\]" <<<"$(readelf -d "$lib")" || fail "wrong SONAME"
+grep -q '\.debug_info' <<<"$(readelf -S "$lib")" && fail "the packaged library is not stripped"
+grep -q ' T bn_forward$' <<<"$(nm -D --defined-only "$lib")" || fail "bn_forward not exported"
 # The runtime alone must not yet satisfy a link (no unversioned .so): the split is real.
 [ -e "$(dirname "$lib")/libbatchnorm.so" ] && fail "$runtime provides libbatchnorm.so"
 
@@ -108,7 +110,8 @@ c++ -std=c++17 -Wall -Werror "$source_dir/tests/package/consumer/main.cpp" -o "$
   $(pkg-config --cflags --libs batchnorm)
 LD_LIBRARY_PATH=$libdir "$work/pc_consumer_cpp"
 # Linked against the packaged library, not a build tree's.
-LD_LIBRARY_PATH=$libdir ldd "$work/pc_consumer" | grep -q "libbatchnorm.so.$major => $libdir/" || fail "consumer not linked to the package's library"
+grep -q "libbatchnorm.so.$major => $libdir/" <<<"$(LD_LIBRARY_PATH=$libdir ldd "$work/pc_consumer")" \
+  || fail "consumer not linked to the package's library"
 
 # --- installability: what `apt install ./both.deb` needs is here (first alternative of each) ---
 check_depends() {  # check_depends <Depends field>
