@@ -200,27 +200,20 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
     });
     return;
   }
-  if (plan.elements > 0) {
-    executor_.for_blocks(grid.count(), [&](int64_t b) {
-      const int64_t bo = b / grid.s_blocks;
-      kernels::BackwardSumsArgs<T> args = sums;
-      args.sum_dy = partial_a_.data() + bo * c;
-      args.sum_dyxc = partial_b_.data() + bo * c;
-      k.backward_sums(args, grid.block(g, b));
-    });
-  }
-  // With a callback: the replica's share of dgamma/dbeta from its local sums, and the local
-  // sums into the collective's buffer [Sdy (C values), Sxc (C values)].
-  double* global = sync ? sync_.buffer.data() : nullptr;
-  executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
-    const int64_t f0 = t * kFeaturesPerTask, f1 = std::min(c, f0 + kFeaturesPerTask);
-    // The block rows' sums added in block order into row 0, block row by block row, so that
-    // the loops over features are contiguous (per feature: 0 + s_0 + s_1 + ..., as before).
-    // An empty batch has no block rows (and no partials): its sums are 0.
-    const bool rows = grid.o_blocks > 0;
-    double* sa = partial_a_.data();
-    double* sb = partial_b_.data();
-    for (int64_t f = f0; rows && f < f1; ++f) {
+  auto block_sums = [&](int64_t b) {
+    const int64_t bo = b / grid.s_blocks;
+    kernels::BackwardSumsArgs<T> args = sums;
+    args.sum_dy = partial_a_.data() + bo * c;
+    args.sum_dyxc = partial_b_.data() + bo * c;
+    k.backward_sums(args, grid.block(g, b));
+  };
+  // The block rows' sums of features [f0, f1) added in block order into row 0, block row by
+  // block row, so that the loops over features are contiguous (per feature: 0 + s_0 + s_1 +
+  // ..., as before). An empty batch has no block rows (and no partials): its sums are 0.
+  double* sa = partial_a_.data();
+  double* sb = partial_b_.data();
+  auto add_block_rows = [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; grid.o_blocks > 0 && f < f1; ++f) {
       sa[f] = 0.0 + sa[f];
       sb[f] = 0.0 + sb[f];
     }
@@ -232,6 +225,31 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
         sb[f] += pb[f];
       }
     }
+  };
+  if (const int64_t group = sync || plan.elements == 0 ? 0 : cached_group_columns(plan, 2 * int64_t{sizeof(T)})) {
+    // Large planar tensors: the same blocks and sums as below, group of feature columns by
+    // group (see cached_group_columns), each group's dx while its x and dy are in cache.
+    for (int64_t bs0 = 0; bs0 < grid.s_blocks; bs0 += group) {
+      const int64_t cols = std::min(group, grid.s_blocks - bs0);
+      auto block_of = [&](int64_t t) { return (t / cols) * grid.s_blocks + bs0 + t % cols; };
+      executor_.for_blocks(grid.o_blocks * cols, [&](int64_t t) { block_sums(block_of(t)); });
+      const int64_t f0 = bs0 * grid.s_chunk, f1 = std::min(c, (bs0 + cols) * grid.s_chunk);
+      add_block_rows(f0, f1);
+      coefficients_range(f0, f1, sa, sb);
+      if (elementwise) {
+        executor_.for_blocks(grid.o_blocks * cols, [&](int64_t t) { k.backward_dx(dx_args, grid.block(g, block_of(t))); });
+      }
+    }
+    return;
+  }
+  if (plan.elements > 0) executor_.for_blocks(grid.count(), block_sums);
+  // With a callback: the replica's share of dgamma/dbeta from its local sums, and the local
+  // sums into the collective's buffer [Sdy (C values), Sxc (C values)].
+  double* global = sync ? sync_.buffer.data() : nullptr;
+  executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {
+    const int64_t f0 = t * kFeaturesPerTask, f1 = std::min(c, f0 + kFeaturesPerTask);
+    add_block_rows(f0, f1);
+    const bool rows = grid.o_blocks > 0;
     if (!sync) {  // then the batch is not empty: rows holds
       coefficients_range(f0, f1, sa, sb);
       return;

@@ -40,6 +40,26 @@ inline bool stream_output(const ShapePlan& plan, int tensors, int32_t threads) {
   return row_bytes % 64 == 0;
 }
 
+// Backward of features-first (planar) tensors whose x and dy (`reread_bytes` per element)
+// are far larger than the last-level cache: the grid's feature columns in groups of about a
+// quarter of that cache, each group's sums and then its dx right away, so that the second read
+// of x and dy comes from the cache and not from memory. Returns the columns per group; 0 for
+// one pass of sums over every block and then one dx pass in memory order. Measured (x and dy
+// 2 to 6 times a 32 MB L3): 32x256x56x56 10-23 % faster, 32x512x28x28 ~5 %; at 1.6 times
+// (32x64x56x56) and below, grouping was 4-16 % slower. A training forward would gain as
+// little, and under the non-finite policy REFUSE must not write y before every statistic is
+// known, so it keeps the two passes.
+inline int64_t cached_group_columns(const ShapePlan& plan, int64_t reread_bytes) {
+  const kernels::Geometry& g = plan.geometry;
+  const BlockGrid& grid = plan.grid;
+  if (!g.identity() || g.inner < 16 || grid.o_blocks <= 1 || grid.s_blocks <= 1) return 0;
+  const int64_t llc = parallel::last_level_cache_bytes();
+  const int64_t cache = llc > 0 ? llc : kStreamBytesUnknownCache;
+  if (plan.elements * reread_bytes <= 2 * cache) return 0;
+  const int64_t column = g.outer * grid.s_chunk * g.inner * reread_bytes;
+  return std::max<int64_t>(1, cache / 4 / column);
+}
+
 // The tensors a backward touches: x and dy, dx and dresidual where wanted, y for the ReLU gate.
 template <class T>
 inline int backward_tensors(const T* dx, const T* dresidual, const kernels::Gate<T>& gate) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <string>
 
@@ -40,9 +41,14 @@ int64_t sysfs_cache_bytes() {
   return bytes;
 }
 
+std::atomic<int64_t> overridden{0};
+
 }  // namespace
 
+void override_last_level_cache_bytes(int64_t bytes) { overridden.store(bytes, std::memory_order_relaxed); }
+
 int64_t last_level_cache_bytes() {
+  if (const int64_t o = overridden.load(std::memory_order_relaxed); o > 0) return o;
   static const int64_t bytes = [] {
     if (const int64_t b = sysfs_cache_bytes(); b > 0) return b;
     const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);

@@ -1,0 +1,207 @@
+// White-box: the backward of planar (features-first) tensors far larger than the last-level
+// cache runs group of feature columns by group, each group's sums and then its dx
+// (layer_internal.hpp, cached_group_columns). With the cache size overridden, small tensors
+// take that path: dx, dresidual, dgamma and dbeta must be bitwise equal to the one-pass path
+// (the same blocks summed in the same order), for 1, 2 and 4 threads, with the ReLU gate from
+// y or recomputed, after training and inference forwards; and close to the reference.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "compare.hpp"
+#include "data_gen.hpp"
+#include "layer/layer.hpp"
+#include "layer/layer_internal.hpp"
+#include "parallel/machine.hpp"
+#include "reference.hpp"
+
+namespace bn_test {
+namespace {
+
+// Restores the machine's cache size however the test ends.
+struct CacheOverride {
+  explicit CacheOverride(int64_t bytes) { bn::parallel::override_last_level_cache_bytes(bytes); }
+  ~CacheOverride() { bn::parallel::override_last_level_cache_bytes(0); }
+  CacheOverride(const CacheOverride&) = delete;
+  CacheOverride& operator=(const CacheOverride&) = delete;
+};
+
+constexpr int64_t kHugeCache = int64_t{1} << 40;  // nothing is ever grouped
+
+struct Case {
+  std::vector<int64_t> shape;
+  bool relu = false;
+  bool pass_y = false;    // the ReLU gate from the forward's output (else recomputed from x)
+  bool residual = false;  // forward adds a residual, backward returns dresidual
+  bool training = true;   // false: an inference forward, the backward's dgamma/dbeta only
+  bool want_dx = true;
+};
+
+struct Result {
+  std::vector<unsigned char> dx, dresidual, dgamma, dbeta;
+};
+
+template <class T>
+std::vector<T> converted(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+template <class T>
+std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
+  std::vector<unsigned char> b(v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+template <class T>
+Result run(const Case& cs, int64_t cache_bytes, int32_t threads, std::vector<double>* dx_out = nullptr,
+           std::vector<double>* dgamma_out = nullptr, std::vector<double>* dbeta_out = nullptr) {
+  const RefDtype dtype = sizeof(T) == 8 ? RefDtype::f64 : RefDtype::f32;
+  const auto n = static_cast<size_t>(element_count(cs.shape));
+  const auto c = static_cast<size_t>(cs.shape[1]);
+  DataGen gen(2024 + n);
+  const std::vector<T> x = converted<T>(gen.per_feature(cs.shape, {false, true, false, false}, 50.0, 0.5, 4.0, dtype));
+  const std::vector<T> dy = converted<T>(gen.normal(n, 0.0, 1.0, dtype));
+  const std::vector<T> residual = converted<T>(gen.normal(n, 0.5, 1.0, dtype));
+  const std::vector<T> gamma = converted<T>(gen.uniform_vector(c, 0.5, 1.5, dtype));
+  const std::vector<T> beta = converted<T>(gen.uniform_vector(c, -1.0, 1.0, dtype));
+
+  bn::Config cfg;
+  cfg.axes = {1};
+  cfg.dtype = sizeof(T) == 8 ? bn::DType::f64 : bn::DType::f32;
+  cfg.relu = cs.relu;
+  const auto ndim = static_cast<int32_t>(cs.shape.size());
+  bn::Layer layer(cfg, cs.shape.data(), ndim);
+  layer.set_num_threads(threads);
+  layer.set_param(bn::Param::gamma, gamma.data(), static_cast<int64_t>(c));
+  layer.set_param(bn::Param::beta, beta.data(), static_cast<int64_t>(c));
+  if (!cs.training) {
+    // Moving statistics away from their initial values, then an inference forward.
+    layer.set_training(true);
+    std::vector<T> scratch(n);
+    layer.forward(cs.shape.data(), ndim, {x.data(), nullptr, scratch.data()});
+    layer.set_training(false);
+  } else {
+    layer.set_training(true);
+  }
+  std::vector<T> y(n), dx(cs.want_dx ? n : 0), dresidual(cs.residual ? n : 0), dgamma(c), dbeta(c);
+  CacheOverride cache(cache_bytes);
+  layer.forward(cs.shape.data(), ndim, {x.data(), cs.residual ? residual.data() : nullptr, y.data()});
+  layer.backward(cs.shape.data(), ndim,
+                 {x.data(), cs.pass_y ? y.data() : nullptr, dy.data(), cs.want_dx ? dx.data() : nullptr,
+                  cs.residual ? dresidual.data() : nullptr, dgamma.data(), dbeta.data()});
+  if (dx_out) dx_out->assign(dx.begin(), dx.end());
+  if (dgamma_out) dgamma_out->assign(dgamma.begin(), dgamma.end());
+  if (dbeta_out) dbeta_out->assign(dbeta.begin(), dbeta.end());
+  return {bytes_of(dx), bytes_of(dresidual), bytes_of(dgamma), bytes_of(dbeta)};
+}
+
+// The columns per group the backward of `shape` plans with the cache overridden to `cache_bytes`.
+int64_t planned_columns(const std::vector<int64_t>& shape, int64_t element_bytes, int64_t cache_bytes) {
+  const CacheOverride cache(cache_bytes);
+  const bn::AxisPlan axes = bn::resolve_axes({1}, shape.data(), static_cast<int32_t>(shape.size()));
+  const bn::ShapePlan plan = bn::plan_shape(axes, shape.data(), static_cast<int32_t>(shape.size()));
+  return bn::detail::cached_group_columns(plan, 2 * element_bytes);
+}
+
+// "" when equal, else where they first differ (Catch would print every byte of both).
+std::string first_difference(const std::vector<unsigned char>& got, const std::vector<unsigned char>& want) {
+  if (got.size() != want.size()) return "sizes " + std::to_string(got.size()) + " and " + std::to_string(want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i]) return "first difference at byte " + std::to_string(i);
+  }
+  return "";
+}
+
+template <class T>
+void check_case(const Case& cs, int64_t cache_bytes) {
+  const Result one_pass = run<T>(cs, kHugeCache, 1);
+  for (int32_t threads : {1, 2, 4}) {
+    CAPTURE(threads);
+    const Result grouped = run<T>(cs, cache_bytes, threads);
+    CHECK(first_difference(grouped.dx, one_pass.dx) == "");
+    CHECK(first_difference(grouped.dresidual, one_pass.dresidual) == "");
+    CHECK(first_difference(grouped.dgamma, one_pass.dgamma) == "");
+    CHECK(first_difference(grouped.dbeta, one_pass.dbeta) == "");
+  }
+}
+
+TEST_CASE("backward of planar tensors larger than the cache, group by group: bitwise the one-pass result",
+          "[layer][cache_groups]") {
+  // 19x150x2x120: blocks of 2 rows x 68 features (3 columns, the last of 14 features; 9 block
+  // rows of 2 and one of 1), every group one column. 32x2400x4x4: blocks of 16 rows x 128 features (19 columns,
+  // the last of 96), groups of two columns and a last one of one.
+  const std::vector<int64_t> small{19, 150, 2, 120}, wide{32, 2400, 4, 4};
+  const int64_t small_cache = 64 * 1024, wide_cache = 4 * 1024 * 1024;
+  REQUIRE(planned_columns(small, 4, small_cache) == 1);
+  REQUIRE(planned_columns(small, 8, small_cache) == 1);
+  REQUIRE(planned_columns(wide, 4, wide_cache) == 2);
+  REQUIRE(planned_columns(small, 4, kHugeCache) == 0);
+  REQUIRE(planned_columns(wide, 4, kHugeCache) == 0);
+
+  SECTION("f32, plain") { check_case<float>({small}, small_cache); }
+  SECTION("f64, plain") { check_case<double>({small}, small_cache); }
+  SECTION("f32, two-column groups") { check_case<float>({wide}, wide_cache); }
+  SECTION("f32, ReLU gate from y, residual") {
+    Case cs{wide};
+    cs.relu = cs.pass_y = cs.residual = true;
+    check_case<float>(cs, wide_cache);
+  }
+  SECTION("f32, ReLU gate recomputed") {
+    Case cs{small};
+    cs.relu = true;
+    check_case<float>(cs, small_cache);
+  }
+  SECTION("f32, no dx (parameter gradients only)") {
+    Case cs{small};
+    cs.want_dx = false;
+    check_case<float>(cs, small_cache);
+  }
+  SECTION("f32, after an inference forward") {
+    Case cs{small};
+    cs.training = false;
+    check_case<float>(cs, small_cache);
+  }
+}
+
+TEST_CASE("backward of planar tensors larger than the cache, group by group: against the reference",
+          "[layer][cache_groups]") {
+  const Case cs{{19, 150, 2, 120}};
+  const auto dtype = GENERATE(RefDtype::f32, RefDtype::f64);
+  CAPTURE(dtype == RefDtype::f64 ? "f64" : "f32");
+  std::vector<double> dx, dgamma, dbeta;
+  if (dtype == RefDtype::f64) {
+    run<double>(cs, 64 * 1024, 2, &dx, &dgamma, &dbeta);
+  } else {
+    run<float>(cs, 64 * 1024, 2, &dx, &dgamma, &dbeta);
+  }
+  // The same data, parameters and calls through the reference model.
+  const auto n = static_cast<size_t>(element_count(cs.shape));
+  const auto c = static_cast<size_t>(cs.shape[1]);
+  DataGen gen(2024 + n);
+  const std::vector<double> x = gen.per_feature(cs.shape, {false, true, false, false}, 50.0, 0.5, 4.0, dtype);
+  const std::vector<double> dy = gen.normal(n, 0.0, 1.0, dtype);
+  gen.normal(n, 0.5, 1.0, dtype);  // the residual (unused here), to keep the draws aligned
+  RefConfig cfg;
+  cfg.axes = {1};
+  cfg.dtype = dtype;
+  RefLayer ref(cfg, cs.shape);
+  ref.set_gamma(gen.uniform_vector(c, 0.5, 1.5, dtype));
+  ref.set_beta(gen.uniform_vector(c, -1.0, 1.0, dtype));
+  ref.set_training(true);
+  ref.forward(cs.shape, x);
+  const RefGrads want = ref.backward(cs.shape, x, dy);
+  const double rel = dtype == RefDtype::f64 ? 1e-10 : 1e-6;  // as the other layer tests
+  const Comparison cdx = compare_scaled("dx", dx, want.dx, want.dx_mag, rel);
+  const Comparison cdg = compare_scaled("dgamma", dgamma, want.dgamma, want.dgamma_mag, rel);
+  const Comparison cdb = compare_scaled("dbeta", dbeta, want.dbeta, want.dbeta_mag, rel);
+  INFO(cdx.message << cdg.message << cdb.message);
+  CHECK(cdx.ok);
+  CHECK(cdg.ok);
+  CHECK(cdb.ok);
+}
+
+}  // namespace
+}  // namespace bn_test
