@@ -6,6 +6,7 @@ second time with GLIBC_TUNABLES set so that glibc reuses the heap (PyTorch alloc
 outputs on every call). Output, one line each, machine-readable:
     version <torch version>
     result <case> <layout> <mode> <median seconds per call> <timed calls>
+    failed <case> <layout> <mode> <reason>   (a mode torch does not serve, e.g. for a dtype)
 or, when torch cannot be imported:
     absent <reason>
 
@@ -31,8 +32,9 @@ def read_cases(path):
             line = line.split("#", 1)[0].split()
             if not line:
                 continue
-            name, layout, dims = line
-            cases.append((name, layout, [int(d) for d in dims.split("x")]))
+            name, layout, dims = line[:3]
+            dtype = line[3] if len(line) > 3 else "f32"
+            cases.append((name, layout, [int(d) for d in dims.split("x")], dtype))
     return cases
 
 
@@ -92,12 +94,15 @@ def main():
     torch.set_num_threads(args.threads)
     print(f"version {torch.__version__} threads {torch.get_num_threads()}", flush=True)
     gen = torch.Generator().manual_seed(1)
-    for name, layout, dims in read_cases(args.cases):
-        x = make_input(torch, layout, dims, gen)
+    types = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+    for name, layout, dims, dtype in read_cases(args.cases):
+        # 16-bit cases: x and dy of that type (the layout kept), float32 weight and statistics.
+        label = layout if dtype == "f32" else f"{layout}/{dtype}"
+        fmt = (torch.channels_last if len(dims) == 4 and layout.endswith("C")
+               else torch.contiguous_format)
+        x = make_input(torch, layout, dims, gen).to(types[dtype]).contiguous(memory_format=fmt)
         c = x.shape[1]
-        dy = (torch.rand(x.shape, generator=gen) * 2 - 1).contiguous(
-            memory_format=torch.channels_last if x.dim() == 4 and layout.endswith("C")
-            else torch.contiguous_format)
+        dy = (torch.rand(x.shape, generator=gen) * 2 - 1).to(types[dtype]).contiguous(memory_format=fmt)
         weight = torch.rand(c, generator=gen) + 0.5
         bias = torch.rand(c, generator=gen) - 0.5
         running_mean = torch.zeros(c)
@@ -107,14 +112,21 @@ def main():
                                          training=False, momentum=MOMENTUM, eps=EPS)
             train = lambda: F.batch_norm(x, running_mean, running_var, weight, bias,
                                          training=True, momentum=MOMENTUM, eps=EPS)
-            _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
-                x, weight, bias, running_mean, running_var, True, MOMENTUM, EPS)
-            backward = lambda: torch.ops.aten.native_batch_norm_backward(
-                dy, x, weight, running_mean, running_var, save_mean, save_invstd, True, EPS,
-                [True, True, True])
+            try:
+                _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
+                    x, weight, bias, running_mean, running_var, True, MOMENTUM, EPS)
+                backward = lambda: torch.ops.aten.native_batch_norm_backward(
+                    dy, x, weight, running_mean, running_var, save_mean, save_invstd, True, EPS,
+                    [True, True, True])
+            except RuntimeError as e:
+                backward = lambda e=e: (_ for _ in ()).throw(e)  # reported as failed below
             for mode, fn in (("fwd-infer", infer), ("fwd-train", train), ("backward", backward)):
-                seconds, calls = time_median(fn, args.target, args.min_samples, args.max_samples)
-                print(f"result {name} {layout} {mode} {seconds:.9g} {calls}", flush=True)
+                try:
+                    seconds, calls = time_median(fn, args.target, args.min_samples, args.max_samples)
+                except RuntimeError as e:  # e.g. "... not implemented for 'Half'"
+                    print(f"failed {name} {label} {mode} {e}".replace("\n", " "), flush=True)
+                    continue
+                print(f"result {name} {label} {mode} {seconds:.9g} {calls}", flush=True)
         del x, dy
     return 0
 

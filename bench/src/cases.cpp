@@ -53,8 +53,13 @@ std::vector<Case> read_cases(const std::string& path) {
     Case k;
     std::string dims_text, extra;
     if (!(ss >> k.name)) continue;  // blank or comment line
-    if (!(ss >> k.layout >> dims_text) || (ss >> extra))
-      bad_line(path, line, "expected 'name layout dims'");
+    if (!(ss >> k.layout >> dims_text)) bad_line(path, line, "expected 'name layout dims [dtype]'");
+    if (ss >> extra) {
+      if (extra != "f32" && extra != "bf16" && extra != "f16")
+        bad_line(path, line, "dtype '" + extra + "' is not f32, bf16 or f16");
+      k.dtype = extra;
+      if (ss >> extra) bad_line(path, line, "expected 'name layout dims [dtype]'");
+    }
     k.dims = parse_dims(dims_text);
     const size_t nd = k.layout.size();
     if (k.dims.size() != nd || nd < 2)

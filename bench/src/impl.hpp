@@ -22,6 +22,8 @@ class Impl {
   virtual ~Impl() = default;
   virtual std::string name() const = 0;  // column name
   virtual bool available() const = 0;
+  // Whether it takes this case's element type (the baselines are float32 only).
+  virtual bool supports(const Case& k) const { return k.dtype == "f32"; }
   // One line for the report: version and threading, or why it is absent and how to install it.
   virtual std::string describe() const = 0;
   // Throws std::runtime_error when the implementation fails on this case.

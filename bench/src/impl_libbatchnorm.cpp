@@ -1,5 +1,6 @@
 // libbatchnorm through its public C API only: one layer per (case, mode, threads),
-// bn_set_num_threads(layer, T), axis 1 (channels first) or -1 (channels last), fused off.
+// bn_set_num_threads(layer, T), axis 1 (channels first) or -1 (channels last), fused off;
+// BN_BF16 / BN_F16 layers for the 16-bit cases.
 #include <batchnorm/batchnorm.h>
 
 #include <stdexcept>
@@ -28,6 +29,8 @@ class LayerRunner : public Runner {
     bn_status st = bn_config_set_axes(cfg, &axis, 1);
     if (st == BN_OK) st = bn_config_set_epsilon(cfg, kEpsilon);
     if (st == BN_OK) st = bn_config_set_fused(cfg, BN_FUSED_OFF);
+    if (st == BN_OK && t.shape.dtype != "f32")
+      st = bn_config_set_dtype(cfg, t.shape.dtype == "bf16" ? BN_BF16 : BN_F16);
     bn_layer* layer = nullptr;
     if (st == BN_OK) st = bn_create(cfg, shape_.data(), ndim(), &layer);
     bn_config_destroy(cfg);
@@ -42,15 +45,15 @@ class LayerRunner : public Runner {
     ok(bn_set_training(layer_.get(), mode == Mode::kInference ? 0 : 1), "bn_set_training");
     // The backward differentiates the most recent training forward: run it once here.
     if (mode == Mode::kBackward)
-      ok(bn_forward(layer_.get(), shape_.data(), ndim(), t.x.data(), t.y.data()), "bn_forward");
+      ok(bn_forward(layer_.get(), shape_.data(), ndim(), t.x_data(), t.y_data()), "bn_forward");
   }
   void run() override {
     if (mode_ == Mode::kBackward)
-      ok(bn_backward(layer_.get(), shape_.data(), ndim(), t_.x.data(), t_.dy.data(), t_.dx.data(),
+      ok(bn_backward(layer_.get(), shape_.data(), ndim(), t_.x_data(), t_.dy_data(), t_.dx_data(),
                      t_.dgamma.data(), t_.dbeta.data()),
          "bn_backward");
     else
-      ok(bn_forward(layer_.get(), shape_.data(), ndim(), t_.x.data(), t_.y.data()), "bn_forward");
+      ok(bn_forward(layer_.get(), shape_.data(), ndim(), t_.x_data(), t_.y_data()), "bn_forward");
   }
 
  private:
@@ -68,6 +71,7 @@ class Libbatchnorm : public Impl {
  public:
   std::string name() const override { return "libbatchnorm"; }
   bool available() const override { return true; }
+  bool supports(const Case&) const override { return true; }
   std::string describe() const override {
     return std::string("libbatchnorm ") + bn_version_string() +
            ": C API, bn_set_num_threads(layer, T) (oneTBB arena), fused off";

@@ -1,4 +1,5 @@
-// oneDNN peer: batch_normalization_forward/backward primitives (C++ API, dnnl.hpp), f32,
+// oneDNN peer: batch_normalization_forward/backward primitives (C++ API, dnnl.hpp), f32 (bf16
+// and f16 data with f32 scale and shift for the 16-bit cases, where the CPU kernel has them),
 // use_scale | use_shift (+ use_global_stats for inference), created once per
 // (case, mode, threads) and executed in the timed loop.
 //
@@ -42,7 +43,10 @@ memory::desc data_desc(const Case& k) {
     case 5: tag = k.channels_last ? memory::format_tag::ndhwc : memory::format_tag::ncdhw; break;
     default: throw std::runtime_error("oneDNN: unsupported rank");
   }
-  return memory::desc(memory::dims(dims.begin(), dims.end()), memory::data_type::f32, tag);
+  const memory::data_type type = k.dtype == "bf16"  ? memory::data_type::bf16
+                                 : k.dtype == "f16" ? memory::data_type::f16
+                                                    : memory::data_type::f32;
+  return memory::desc(memory::dims(dims.begin(), dims.end()), type, tag);
 }
 
 // Scratch is booked at creation (user scratchpad mode) so that execution allocates nothing.
@@ -87,7 +91,7 @@ class PrimitiveRunner : public Runner {
       return memory(d, eng_, const_cast<void*>(p));
     };
     const Flags scale_shift = Flags::use_scale | Flags::use_shift;
-    args_[DNNL_ARG_SRC] = mem(md, t.x.data());
+    args_[DNNL_ARG_SRC] = mem(md, t.x_data());
     args_[DNNL_ARG_SCALE] = mem(cd, t.gamma.data());
     args_[DNNL_ARG_SHIFT] = mem(cd, t.beta.data());
     if (mode == Mode::kInference) {
@@ -97,7 +101,7 @@ class PrimitiveRunner : public Runner {
       book_scratchpad(pd.scratchpad_desc());
       args_[DNNL_ARG_MEAN] = mem(cd, t.moving_mean.data());
       args_[DNNL_ARG_VARIANCE] = mem(cd, t.moving_var.data());
-      args_[DNNL_ARG_DST] = mem(md, t.y.data());
+      args_[DNNL_ARG_DST] = mem(md, t.y_data());
       return;
     }
     // Training forward: batch mean and variance are outputs (kept for the backward).
@@ -108,15 +112,15 @@ class PrimitiveRunner : public Runner {
     book_scratchpad(fwd.scratchpad_desc());
     args_[DNNL_ARG_MEAN] = mem(cd, mean_.data());
     args_[DNNL_ARG_VARIANCE] = mem(cd, var_.data());
-    args_[DNNL_ARG_DST] = mem(md, t.y.data());
+    args_[DNNL_ARG_DST] = mem(md, t.y_data());
     if (mode == Mode::kTraining) return;
     run();  // one training forward gives the statistics the backward reads
     auto bwd = backward_pd(eng_, md, scale_shift, fwd);
     prim_ = dnnl::batch_normalization_backward(bwd);
     book_scratchpad(bwd.scratchpad_desc());
     args_.erase(DNNL_ARG_DST);  // the backward also requires SHIFT (oneDNN 2.6), kept
-    args_[DNNL_ARG_DIFF_DST] = mem(md, t.dy.data());
-    args_[DNNL_ARG_DIFF_SRC] = mem(md, t.dx.data());
+    args_[DNNL_ARG_DIFF_DST] = mem(md, t.dy_data());
+    args_[DNNL_ARG_DIFF_SRC] = mem(md, t.dx_data());
     args_[DNNL_ARG_DIFF_SCALE] = mem(cd, t.dgamma.data());
     args_[DNNL_ARG_DIFF_SHIFT] = mem(cd, t.dbeta.data());
   }
@@ -144,6 +148,7 @@ class Onednn : public Impl {
  public:
   std::string name() const override { return "oneDNN"; }
   bool available() const override { return true; }
+  bool supports(const Case&) const override { return true; }  // bf16/f16: oneDNN says if not
   std::string describe() const override {
     const dnnl_version_t* v = dnnl_version();
     return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +

@@ -84,7 +84,7 @@ double heap_in_use() {
 // Bytes an ideal implementation moves: forwards read x and write y (the statistics of a
 // training forward stay in cache in the ideal); the backward reads x and dy, writes dx.
 double minimal_bytes(const Case& k, Mode mode) {
-  const double tensor = static_cast<double>(k.elements()) * sizeof(float);
+  const double tensor = static_cast<double>(k.elements() * k.element_bytes());
   return (mode == Mode::kBackward ? 3 : 2) * tensor;
 }
 
@@ -138,7 +138,7 @@ struct Bench {
   // Times one C++ implementation on one row; records time, allocations and the check.
   void time_impl(int c, Tensors& t, Row& row) {
     Impl& impl = *impls[c];
-    if (!impl.available()) return;
+    if (!impl.available() || !impl.supports(t.shape)) return;
     try {
       if (opt.check) t.poison_outputs();
       const double heap_before = heap_in_use();
@@ -158,6 +158,7 @@ struct Bench {
       row.allocs_per_call[c] =
           std::max(row.allocs_per_call[c].value_or(0.0), static_cast<double>(bench_alloc_count()) / kCalls);
       if (opt.check) {
+        t.widen_outputs();
         const std::string err = check_outputs(t, row.mode);
         if (!err.empty()) {
           ++failures;
@@ -184,7 +185,7 @@ struct Bench {
         if (i == rows.size()) {
           Row row;
           row.name = k.name;
-          row.layout = k.layout;
+          row.layout = k.label();
           row.mode = mode;
           row.threads = threads;
           row.bound_seconds = minimal_bytes(k, mode) / bandwidth[threads];
@@ -193,7 +194,7 @@ struct Bench {
         Row& row = rows[i++];
         for (int c : {kLibbatchnorm, kOnednn, kLoop, kOpenblas}) time_impl(c, t, row);
         if (!last_round) continue;
-        const auto tm = torch.lookup(k.name, k.layout, mode_name(mode), threads);
+        const auto tm = torch.lookup(k.name, k.label(), mode_name(mode), threads);
         row.torch_plain = tm.plain;
         row.torch_heap_reuse = tm.heap_reuse;
         row.seconds[kPytorch] = tm.best();

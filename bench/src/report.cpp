@@ -65,16 +65,16 @@ struct GeoMean {
 }  // namespace
 
 void print_table_header(FILE* out) {
-  std::fprintf(out, "%-14s %-9s %-6s %3s", "case", "mode", "layout", "thr");
+  std::fprintf(out, "%-14s %-9s %-9s %3s", "case", "mode", "layout", "thr");
   for (const char* name : kColumnNames) std::fprintf(out, " %12s", name);
   std::fprintf(out, " %9s %9s\n", "speed-up", "bound");
-  std::fprintf(out, "%-14s %-9s %-6s %3s", "", "", "", "");
+  std::fprintf(out, "%-14s %-9s %-9s %3s", "", "", "", "");
   for (int c = 0; c < kColumns; ++c) std::fprintf(out, " %12s", "(ms)");
   std::fprintf(out, " %9s %9s\n", "vs peer", "fraction");
 }
 
 void print_row(FILE* out, const Row& r) {
-  std::fprintf(out, "%-14s %-9s %-6s %3d", r.name.c_str(), mode_name(r.mode), r.layout.c_str(),
+  std::fprintf(out, "%-14s %-9s %-9s %3d", r.name.c_str(), mode_name(r.mode), r.layout.c_str(),
                r.threads);
   for (const auto& s : r.seconds) std::fprintf(out, " %12s", ms(s).c_str());
   std::fprintf(out, " %9s %9s\n", (num(r.speedup(), "%.2f") + (r.speedup() ? "x" : "")).c_str(),
@@ -82,10 +82,15 @@ void print_row(FILE* out, const Row& r) {
   std::fflush(out);
 }
 
-void print_summary(FILE* out, const std::vector<Row>& rows, const std::vector<int>& threads) {
+void print_summary(FILE* out, const std::vector<Row>& all_rows, const std::vector<int>& threads) {
+  // The per-mode tables are over the float32 rows; the 16-bit rows (layout "NHWC/bf16", ...)
+  // get lines of their own below.
+  auto is_half = [](const Row& r) { return r.layout.find('/') != std::string::npos; };
+  std::vector<Row> rows, half_rows;
+  for (const Row& r : all_rows) (is_half(r) ? half_rows : rows).push_back(r);
   std::fprintf(out,
                "\nGeometric mean of time / bandwidth bound per implementation "
-               "(1.00 = at the bound; lower is better):\n%-9s %3s", "mode", "thr");
+               "(1.00 = at the bound; lower is better; float32 rows):\n%-9s %3s", "mode", "thr");
   for (const char* name : kColumnNames) std::fprintf(out, " %12s", name);
   std::fprintf(out, "\n");
   for (Mode mode : kModes)
@@ -101,7 +106,7 @@ void print_summary(FILE* out, const std::vector<Row>& rows, const std::vector<in
     }
 
   std::fprintf(out, "\nGeometric-mean speed-up of libbatchnorm over the fastest peer "
-                    "(oneDNN, PyTorch; > 1 = faster):\n%-9s %3s %9s %5s\n",
+                    "(oneDNN, PyTorch; > 1 = faster; float32 rows):\n%-9s %3s %9s %5s\n",
                "mode", "thr", "speed-up", "rows");
   GeoMean all;
   for (Mode mode : kModes)
@@ -117,11 +122,24 @@ void print_summary(FILE* out, const std::vector<Row>& rows, const std::vector<in
     }
   std::fprintf(out, "%-9s %3s %9s %5d\n", "all", "all",
                (num(all.value(), "%.2f") + (all.count ? "x" : "")).c_str(), all.count);
+  if (!half_rows.empty()) {
+    GeoMean speedup, bound;
+    for (const Row& r : half_rows) {
+      if (r.speedup()) speedup.add(*r.speedup());
+      if (r.seconds[kLibbatchnorm]) bound.add(*r.seconds[kLibbatchnorm] / r.bound_seconds);
+    }
+    std::fprintf(out,
+                 "16-bit rows (bf16, f16; bound from 2-byte elements): libbatchnorm time / bound %s, "
+                 "speed-up over the fastest peer %s in %d of %zu rows\n",
+                 num(bound.value(), "%.2f").c_str(),
+                 (num(speedup.value(), "%.2f") + (speedup.count ? "x" : "")).c_str(), speedup.count,
+                 half_rows.size());
+  }
 
   // PyTorch: which heap setting won (it allocates its outputs on every call).
   GeoMean ratio;
   int heap_wins = 0;
-  for (const Row& r : rows)
+  for (const Row& r : all_rows)
     if (r.torch_plain && r.torch_heap_reuse) {
       ratio.add(*r.torch_plain / *r.torch_heap_reuse);
       heap_wins += *r.torch_heap_reuse < *r.torch_plain;
@@ -136,14 +154,14 @@ void print_summary(FILE* out, const std::vector<Row>& rows, const std::vector<in
   std::fprintf(out, "\nHeap allocations per call in the timed loops (max over rows):");
   for (int c = 0; c < kColumns; ++c) {
     std::optional<double> worst;
-    for (const Row& r : rows)
+    for (const Row& r : all_rows)
       if (r.allocs_per_call[c] && (!worst || *r.allocs_per_call[c] > *worst))
         worst = r.allocs_per_call[c];
     if (worst) std::fprintf(out, " %s %.3g,", kColumnNames[c], *worst);
   }
   std::fprintf(out, "\n");
   const Row* biggest = nullptr;
-  for (const Row& r : rows)
+  for (const Row& r : all_rows)
     if (r.layer_bytes && (!biggest || *r.layer_bytes > *biggest->layer_bytes)) biggest = &r;
   if (biggest)
     std::fprintf(out,

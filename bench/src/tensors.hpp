@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "cases.hpp"
@@ -18,31 +19,50 @@ const char* mode_name(Mode mode);  // "fwd-infer", "fwd-train", "backward"
 // Keras' default epsilon, used by every implementation.
 constexpr float kEpsilon = 1e-3f;
 
-// 64-byte aligned float array (no initialization; the pages are touched by fill()).
-class FloatBuffer {
+// 64-byte aligned array (no initialization; the pages are touched by the constructor of
+// Tensors).
+template <class T>
+class AlignedBuffer {
  public:
-  FloatBuffer() = default;
-  explicit FloatBuffer(size_t count);
-  float* data() { return data_.get(); }
-  const float* data() const { return data_.get(); }
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(size_t count) : size_(count) {
+    const size_t bytes = ((count * sizeof(T) + 63) / 64) * 64;
+    data_.reset(static_cast<T*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
+    if (!data_) throw std::bad_alloc();
+  }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
   size_t size() const { return size_; }
-  float& operator[](size_t i) { return data_[i]; }
-  float operator[](size_t i) const { return data_[i]; }
+  T& operator[](size_t i) { return data_[i]; }
+  T operator[](size_t i) const { return data_[i]; }
 
  private:
   struct Free {
-    void operator()(float* p) const { std::free(p); }
+    void operator()(T* p) const { std::free(p); }
   };
-  std::unique_ptr<float[], Free> data_;
+  std::unique_ptr<T[], Free> data_;
   size_t size_ = 0;
 };
+using FloatBuffer = AlignedBuffer<float>;
+using HalfBuffer = AlignedBuffer<uint16_t>;  // bfloat16 or IEEE half bits
 
 // x and dy are inputs; y, dx, dgamma, dbeta are written by whichever implementation runs.
 // gamma, beta and the moving statistics are inputs too (inference uses the latter).
+// 16-bit cases: the implementations read x16, dy16 and write y16, dx16; x and dy hold the
+// same (rounded) values as floats for the check, and widen_outputs() copies y16, dx16 into
+// y, dx.
 struct Tensors {
   explicit Tensors(const Case& k);
   const Case& shape;
   FloatBuffer x, y, dy, dx;
+  HalfBuffer x16, y16, dy16, dx16;  // empty for f32 cases
+  bool half() const { return shape.dtype != "f32"; }
+  // The tensors an implementation reads and writes, of the case's element type.
+  const void* x_data() const { return half() ? static_cast<const void*>(x16.data()) : x.data(); }
+  const void* dy_data() const { return half() ? static_cast<const void*>(dy16.data()) : dy.data(); }
+  void* y_data() { return half() ? static_cast<void*>(y16.data()) : y.data(); }
+  void* dx_data() { return half() ? static_cast<void*>(dx16.data()) : dx.data(); }
+  void widen_outputs();
   std::vector<float> gamma, beta, moving_mean, moving_var, dgamma, dbeta;
 
   // Channel of element i in memory order.
