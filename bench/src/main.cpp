@@ -103,18 +103,40 @@ struct Bench {
     impls[kOpenblas] = make_openblas();
   }
 
-  void measure_bandwidth() {
+  // The copy bandwidth, measured once per round (this machine's bandwidth drifts over
+  // minutes, as the implementations' times do); the bound uses the median over the rounds.
+  std::map<int, std::vector<CopyBandwidth>> bandwidth_rounds;
+  size_t bandwidth_bytes() const {
     const size_t llc = last_level_cache_bytes();
-    const size_t bytes = opt.quick ? std::max<size_t>(2 * llc, size_t{64} << 20)
-                                   : std::max<size_t>(8 * llc, size_t{256} << 20);
-    std::printf("Copy bandwidth, best of %d copies of %zu MiB (LLC %zu MiB), read + write bytes "
-                "counted; the bound uses the faster of memcpy and the streaming copy:\n",
-                opt.quick ? 3 : 7, bytes >> 20, llc >> 20);
+    return opt.quick ? std::max<size_t>(2 * llc, size_t{64} << 20) : std::max<size_t>(8 * llc, size_t{256} << 20);
+  }
+  void measure_bandwidth() {
     for (int t : opt.threads) {
-      const CopyBandwidth bw = copy_bandwidth(bytes, t, opt.quick ? 3 : 7);
-      bandwidth[t] = bw.best();
-      std::printf("  %d thread(s): memcpy %.1f GB/s, streaming (non-temporal) copy %.1f GB/s\n",
-                  t, bw.memcpy_rate / 1e9, bw.stream_rate / 1e9);
+      bandwidth_rounds[t].push_back(copy_bandwidth(bandwidth_bytes(), t, opt.quick ? 3 : 7));
+      std::vector<double> best;
+      for (const CopyBandwidth& bw : bandwidth_rounds[t]) best.push_back(bw.best());
+      bandwidth[t] = *median_of(best);
+    }
+  }
+  void describe_bandwidth() {
+    const size_t rounds = bandwidth_rounds.begin()->second.size();
+    std::printf("Copy bandwidth, best of %d copies of %zu MiB (LLC %zu MiB) in each of %zu round(s), "
+                "read + write bytes counted; the bound uses the median over the rounds of the "
+                "faster of memcpy and the streaming copy:\n",
+                opt.quick ? 3 : 7, bandwidth_bytes() >> 20, last_level_cache_bytes() >> 20, rounds);
+    for (int t : opt.threads) {
+      std::vector<double> copy, stream;
+      for (const CopyBandwidth& bw : bandwidth_rounds[t]) {
+        copy.push_back(bw.memcpy_rate / 1e9);
+        stream.push_back(bw.stream_rate / 1e9);
+      }
+      std::printf("  %d thread(s): memcpy %.1f GB/s, streaming (non-temporal) copy %.1f GB/s", t,
+                  *median_of(copy), *median_of(stream));
+      if (rounds > 1)
+        std::printf(" (rounds: memcpy %.1f-%.1f, streaming %.1f-%.1f)", *std::min_element(copy.begin(), copy.end()),
+                    *std::max_element(copy.begin(), copy.end()), *std::min_element(stream.begin(), stream.end()),
+                    *std::max_element(stream.begin(), stream.end()));
+      std::printf("\n");
     }
   }
 
@@ -188,12 +210,12 @@ struct Bench {
           row.layout = k.label();
           row.mode = mode;
           row.threads = threads;
-          row.bound_seconds = minimal_bytes(k, mode) / bandwidth[threads];
           rows.push_back(row);
         }
         Row& row = rows[i++];
         for (int c : {kLibbatchnorm, kOnednn, kLoop, kOpenblas}) time_impl(c, t, row);
         if (!last_round) continue;
+        row.bound_seconds = minimal_bytes(k, mode) / bandwidth[threads];  // the rounds' median
         const auto tm = torch.lookup(k.name, k.label(), mode_name(mode), threads);
         row.torch_plain = tm.plain;
         row.torch_heap_reuse = tm.heap_reuse;
@@ -213,7 +235,6 @@ int run(int argc, char** argv) {
   const double others_before = CpuClock::now().others_share_since(idle_start);
   const CpuClock run_start = CpuClock::now();
   Bench bench(opt);
-  bench.measure_bandwidth();
   // Rounds: the PyTorch peer, then every case; the table is printed in the last round, each
   // time the median over the rounds (machine noise drifts over minutes: every implementation
   // is timed in every round, so drift reaches them alike).
@@ -222,7 +243,9 @@ int run(int argc, char** argv) {
   for (int round = 1; round <= opt.rounds; ++round) {
     const bool last = round == opt.rounds;
     if (opt.torch) bench.torch.run_all(opt.threads);
+    bench.measure_bandwidth();
     if (last) {
+      bench.describe_bandwidth();
       bench.describe(others_before);
       std::printf("\n");
       print_table_header(stdout);
