@@ -146,13 +146,6 @@ TEST_CASE("adjustment is called once per training forward, never in inference", 
 // Failure: BN_ERR_CALLBACK naming bn_forward; y, every parameter and statistic bitwise
 // unchanged; the previous forward's backward equals that of a twin that never saw the call.
 template <class T>
-std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
-  std::vector<unsigned char> b(v.size() * sizeof(T));
-  if (!v.empty()) std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-
-template <class T>
 void check_failure(bool renorm, bool nonfinite, bn_status result) {
   const RefDtype dtype = std::is_same<T, double>::value ? RefDtype::f64 : RefDtype::f32;
   RefConfig cfg;

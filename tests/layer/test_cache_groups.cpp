@@ -49,13 +49,6 @@ std::vector<T> converted(const std::vector<double>& v) {
 }
 
 template <class T>
-std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
-  std::vector<unsigned char> b(v.size() * sizeof(T));
-  if (!v.empty()) std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-
-template <class T>
 Result run(const Case& cs, int64_t cache_bytes, int32_t threads, std::vector<double>* dx_out = nullptr,
            std::vector<double>* dgamma_out = nullptr, std::vector<double>* dbeta_out = nullptr) {
   const RefDtype dtype = sizeof(T) == 8 ? RefDtype::f64 : RefDtype::f32;

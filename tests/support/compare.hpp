@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -36,6 +37,14 @@ Comparison compare_scaled(const std::string& what, const std::vector<double>& go
 // Passes when |got[i] - want[i]| <= abs + rel*|want[i]| (NaN never passes).
 Comparison compare_rel(const std::string& what, const std::vector<double>& got, const std::vector<double>& want,
                        double rel, double abs = 0.0);
+
+// The bytes of a vector's elements, for bitwise comparisons.
+template <class T>
+std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
+  std::vector<unsigned char> b(v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
 
 // Exact equality, element by element (bit patterns for the determinism tests are compared as bytes).
 Comparison compare_exact(const std::string& what, const std::vector<double>& got, const std::vector<double>& want);
