@@ -55,9 +55,12 @@ inline int64_t cached_group_columns(const ShapePlan& plan, int64_t reread_bytes)
   if (!g.identity() || g.inner < 16 || grid.o_blocks <= 1 || grid.s_blocks <= 1) return 0;
   const int64_t llc = parallel::last_level_cache_bytes();
   const int64_t cache = llc > 0 ? llc : kStreamBytesUnknownCache;
-  if (plan.elements * reread_bytes <= 2 * cache) return 0;
-  const int64_t column = g.outer * grid.s_chunk * g.inner * reread_bytes;
-  return std::max<int64_t>(1, cache / 4 / column);
+  // In double: elements * reread_bytes may exceed 2^63 for a tensor of 2^62 bytes.
+  const double column = static_cast<double>(g.outer * grid.s_chunk * g.inner) * static_cast<double>(reread_bytes);
+  if (static_cast<double>(plan.elements) * static_cast<double>(reread_bytes) <= 2.0 * static_cast<double>(cache)) {
+    return 0;
+  }
+  return std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(cache) / 4.0 / column));
 }
 
 // The tensors a backward touches: x and dy, dx and dresidual where wanted, y for the ReLU gate.
