@@ -672,6 +672,100 @@ TEST_CASE("streamed outputs at every alignment equal the unstreamed ones", "[ker
   }
 }
 
+// Outputs whose offset within a page lies a little past an input's: the wide features-last
+// walks then run descending (4 KiB aliasing, see kAliasWindow in simd_kernels.inl). For output
+// offsets 0 (ascending), 4..124 bytes past the inputs (descending), 128 (ascending), and just
+// before them (ascending: an input just past an output), with and without streaming:
+// normalize (plain; residual + ReLU) and backward_dx (with dresidual; ReLU gate from y) give
+// bitwise the reference kernels' outputs and write nothing outside them. Rows of 131 and 300
+// features (wide, tails of 3 and 12 lanes) and 64 (narrow: ascending whatever the offsets).
+TEST_CASE("outputs just past their inputs in a page: every walk direction, same bits", "[kernels]") {
+  const std::vector<int64_t> dims = GENERATE(std::vector<int64_t>{9, 131}, std::vector<int64_t>{5, 300},
+                                             std::vector<int64_t>{7, 64});
+  const std::vector<int32_t> axes{-1};
+  const auto ndim = static_cast<int32_t>(dims.size());
+  const bn::AxisPlan ap = bn::resolve_axes(axes, dims.data(), ndim);
+  const bn::ShapePlan p = bn::plan_shape(ap, dims.data(), ndim);
+  const bn::kernels::Geometry& g = p.geometry;
+  const auto n = static_cast<size_t>(p.elements), c = static_cast<size_t>(g.features);
+  CAPTURE(describe_shape(dims));
+  DataGen gen(77 + n);
+  auto floats = [&](size_t count, double lo, double hi) {
+    const std::vector<double> v = gen.uniform_vector(count, lo, hi, RefDtype::f32);
+    return std::vector<float>(v.begin(), v.end());
+  };
+  const std::vector<float> center = floats(c, -1, 1), scale = floats(c, -2, 2), shift = floats(c, -1, 1),
+                           k_x = floats(c, -1, 1), k_c = floats(c, -1, 1);
+  constexpr size_t kPage = 4096, kInputAt = 1024;  // inputs 1 KiB into their pages
+  // A page-aligned buffer holding n floats at byte `at` of its first page, guards elsewhere.
+  struct Paged {
+    std::vector<float> buf;
+    float* p;
+    Paged(size_t n, size_t at) : buf(n + 3 * kPage / 4, -7.0f) {
+      const auto base = (reinterpret_cast<uintptr_t>(buf.data()) + kPage - 1) / kPage * kPage;
+      p = reinterpret_cast<float*>(base + at);
+    }
+    bool guards_intact(size_t n) const {
+      for (size_t i = 0; i < buf.size(); ++i) {
+        const float* e = buf.data() + i;
+        if ((e < p || e >= p + n) && buf[i] != -7.0f) return false;
+      }
+      return true;
+    }
+  };
+  Paged x(n, kInputAt), dy(n, kInputAt), r(n, kInputAt), gate_y(n, kInputAt);
+  for (size_t i = 0; i < n; ++i) {
+    x.p[i] = static_cast<float>(gen.uniform(-2, 2));
+    dy.p[i] = static_cast<float>(gen.uniform(-1, 1));
+    r.p[i] = static_cast<float>(gen.uniform(-1, 1));
+    gate_y.p[i] = static_cast<float>(gen.uniform(-1, 1));
+  }
+  // variant 0: normalize; 1: + residual, ReLU; 2: backward_dx with dresidual and the gate
+  auto run = [&](const bn::kernels::KernelTable<float>& k, int variant, bool stream, float* out, float* dres) {
+    for (int64_t b = 0; b < p.stream_grid.count(); ++b) {
+      const bn::kernels::Block blk = p.stream_grid.block(g, b);
+      if (variant < 2) {
+        bn::kernels::NormalizeArgs<float> a{g, x.p, out, center.data(), scale.data(), shift.data()};
+        if (variant == 1) {
+          a.residual = r.p;
+          a.relu = true;
+        }
+        a.stream = stream;
+        k.normalize(a, blk);
+      } else {
+        bn::kernels::BackwardDxArgs<float> a{g, x.p, dy.p, out, center.data(), scale.data(), k_x.data(), k_c.data()};
+        a.gate.y = gate_y.p;
+        a.dresidual = dres;
+        a.stream = stream;
+        k.backward_dx(a, blk);
+      }
+    }
+  };
+  for (int variant = 0; variant < 3; ++variant) {
+    Paged want(n, 0), want_dres(n, 0);
+    run(bn::kernels::reference<float>(), variant, false, want.p, want_dres.p);
+    for (const char* isa : {"avx2", "avx512"}) {
+      const auto* k = bn::kernels::kernels_for_isa<float>(isa);
+      if (!k) continue;
+      for (size_t past : {size_t{0}, size_t{4}, size_t{16}, size_t{64}, size_t{124}, size_t{128}, kPage - 64}) {
+        for (bool stream : {false, true}) {
+          INFO("kernels " << isa << ", variant " << variant << ", output " << past << " bytes past the inputs"
+                          << (stream ? ", streamed" : ""));
+          const size_t at = (kInputAt + past) % kPage;
+          Paged out(n, at), dres(n, at);
+          run(*k, variant, stream, out.p, dres.p);
+          CHECK(std::memcmp(out.p, want.p, n * sizeof(float)) == 0);
+          CHECK(out.guards_intact(n));
+          if (variant == 2) {
+            CHECK(std::memcmp(dres.p, want_dres.p, n * sizeof(float)) == 0);
+            CHECK(dres.guards_intact(n));
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("empty tensors plan no blocks", "[kernels]") {
   const std::vector<int64_t> shape{0, 3, 4};
   const bn::AxisPlan axes = bn::resolve_axes({1}, shape.data(), 3);
