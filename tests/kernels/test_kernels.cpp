@@ -580,9 +580,10 @@ TEST_CASE("features-last statistics: far shifts, large means, constant and non-f
 }
 
 // Streamed (non-temporal) outputs: the SIMD walks start each row with a masked vector up to
-// the output's next 64-byte boundary, so that the rest is stored whole lines at a time. For
+// the output's next 64-byte boundary, so that the rest is stored whole lines at a time
+// (features-last rows of whole lines: one such head per block, the block walked flat). For
 // every output alignment (0..15 floats past a boundary), planar rows, wide and narrow
-// features-last rows, with a tail: normalize (plain and with the residual + ReLU epilogue)
+// features-last rows, rows of whole lines (16, 48, 80, 144 features), with a tail: normalize (plain and with the residual + ReLU epilogue)
 // and backward_dx (with dresidual) give bitwise the outputs of the same call without
 // streaming, and write nothing outside their outputs.
 TEST_CASE("streamed outputs at every alignment equal the unstreamed ones", "[kernels]") {
@@ -591,7 +592,7 @@ TEST_CASE("streamed outputs at every alignment equal the unstreamed ones", "[ker
     int32_t axis;
   };
   const Shape shape = GENERATE(Shape{{3, 5, 67}, 1}, Shape{{9, 131}, -1}, Shape{{40, 48}, -1}, Shape{{6, 16}, -1},
-                               Shape{{2, 3, 7, 5}, 1});
+                               Shape{{7, 80}, -1}, Shape{{5, 2, 144}, -1}, Shape{{2, 3, 7, 5}, 1});
   const std::vector<int32_t> axes{shape.axis};
   const auto ndim = static_cast<int32_t>(shape.dims.size());
   const bn::AxisPlan ap = bn::resolve_axes(axes, shape.dims.data(), ndim);
