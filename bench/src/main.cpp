@@ -21,6 +21,7 @@
 #include "cases.hpp"
 #include "impl.hpp"
 #include "options.hpp"
+#include "placement.hpp"
 #include "reference.hpp"
 #include "report.hpp"
 #include "tensors.hpp"
@@ -230,6 +231,7 @@ int run(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // the table interleaves sanely with progress
   const Options opt = parse_options(argc, argv);
   const std::vector<Case> cases = read_cases(opt.cases_path);
+  if (opt.placement) return run_placement(opt, cases);
   const CpuClock idle_start = CpuClock::now();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const double others_before = CpuClock::now().others_share_since(idle_start);

@@ -20,6 +20,9 @@ void usage(const char* argv0, int code) {
                "  --rounds N       time the whole table N times, report each time's median\n"
                "                   over the rounds (default 3; --quick: 1)\n"
                "  --no-torch       do not run the PyTorch peer\n"
+               "  --placement      instead of the table: libbatchnorm and oneDNN with the tensors\n"
+               "                   on page boundaries, 16 bytes past a line (malloc), outputs 16\n"
+               "                   or 64 bytes past the inputs (one round, no PyTorch)\n"
                "  --python PATH    interpreter for the PyTorch peer (default %s)\n"
                "  --torch-script PATH, --gnuplot-script PATH   override the bench/ files\n",
                argv0, BN_BENCH_PYTHON);
@@ -66,6 +69,7 @@ Options parse_options(int argc, char** argv) {
     else if (a == "--quick") o.quick = true;
     else if (a == "--check") o.check = true;
     else if (a == "--no-torch") o.torch = false;
+    else if (a == "--placement") o.placement = true;
     else if (a == "--target") o.target_seconds = std::atof(value().c_str());
     else if (a == "--rounds") o.rounds = std::atoi(value().c_str());
     else if (a == "--python") o.python = value();

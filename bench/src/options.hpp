@@ -18,6 +18,7 @@ struct Options {
   bool check = false;   // compare each C++ implementation's outputs with a double reference
   bool torch = true;    // --no-torch skips the PyTorch subprocess
   double target_seconds = 0.25;  // per implementation and row
+  bool placement = false;  // --placement: the buffer-placement table instead of the main one
   int rounds = 3;  // the whole table timed this many times; each time is the median of the rounds
 };
 

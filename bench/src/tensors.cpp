@@ -69,12 +69,12 @@ const char* mode_name(Mode mode) {
   return "?";
 }
 
-Tensors::Tensors(const Case& k)
+Tensors::Tensors(const Case& k, const Placement& where)
     : shape(k),
-      x(static_cast<size_t>(k.elements())),
-      y(static_cast<size_t>(k.elements())),
-      dy(static_cast<size_t>(k.elements())),
-      dx(static_cast<size_t>(k.elements())),
+      x(static_cast<size_t>(k.elements()), where.in),
+      y(static_cast<size_t>(k.elements()), where.out),
+      dy(static_cast<size_t>(k.elements()), where.in),
+      dx(static_cast<size_t>(k.elements()), where.out),
       gamma(k.c), beta(k.c), moving_mean(k.c), moving_var(k.c), dgamma(k.c), dbeta(k.c) {
   Lcg g{0x5eed};
   for (int64_t f = 0; f < k.c; ++f) {
@@ -90,10 +90,10 @@ Tensors::Tensors(const Case& k)
     dy[i] = 2.0f * g.next() - 1.0f;
   }
   if (half()) {
-    x16 = HalfBuffer(static_cast<size_t>(m));
-    dy16 = HalfBuffer(static_cast<size_t>(m));
-    y16 = HalfBuffer(static_cast<size_t>(m));
-    dx16 = HalfBuffer(static_cast<size_t>(m));
+    x16 = HalfBuffer(static_cast<size_t>(m), where.in);
+    dy16 = HalfBuffer(static_cast<size_t>(m), where.in);
+    y16 = HalfBuffer(static_cast<size_t>(m), where.out);
+    dx16 = HalfBuffer(static_cast<size_t>(m), where.out);
     const bool bf = k.dtype == "bf16";
     for (int64_t i = 0; i < m; ++i) {
       x16[i] = bf ? to_bf16(x[i]) : to_f16(x[i]);

@@ -679,10 +679,13 @@ TEST_CASE("streamed outputs at every alignment equal the unstreamed ones", "[ker
 // before them (ascending: an input just past an output), with and without streaming:
 // normalize (plain; residual + ReLU) and backward_dx (with dresidual; ReLU gate from y) give
 // bitwise the reference kernels' outputs and write nothing outside them. Rows of 131 and 300
-// features (wide, tails of 3 and 12 lanes) and 64 (narrow: ascending whatever the offsets).
+// features (wide, tails of 3 and 12 lanes), 96 and 160 (wide rows of whole vectors: walked flat
+// where the output is off its line) and 64 (narrow: ascending whatever the offsets, flat off
+// its line).
 TEST_CASE("outputs just past their inputs in a page: every walk direction, same bits", "[kernels]") {
   const std::vector<int64_t> dims = GENERATE(std::vector<int64_t>{9, 131}, std::vector<int64_t>{5, 300},
-                                             std::vector<int64_t>{7, 64});
+                                             std::vector<int64_t>{7, 64}, std::vector<int64_t>{6, 96},
+                                             std::vector<int64_t>{3, 160});
   const std::vector<int32_t> axes{-1};
   const auto ndim = static_cast<int32_t>(dims.size());
   const bn::AxisPlan ap = bn::resolve_axes(axes, dims.data(), ndim);
