@@ -476,12 +476,13 @@ inline int64_t head_to_line(const float* out, int64_t at) {
 // walked as one flat run, not row by row. Row by row, every row starts and ends with a
 // masked vector, normal stores that share a line with the neighbouring row, between the
 // non-temporal ones (measured, 1 thread, x and y 16 bytes past a line vs on one: 32x56x56x64
-// inference 1.5x, 32x28x28x512 1.2-1.35x slower). Not for outputs that are not streamed
-// (tensors in cache): measured no faster flat (64x1024, 16x128x1024 features last). Flat: a masked head of h elements (features
+// inference 1.5x, 32x28x28x512 1.2-1.35x slower). Flat: a masked head of h elements (features
 // 0..h-1 of the first row), whole vectors at h + k*W, each of the features f..f+W-1 of one
-// row but one per row, the seam, whose features wrap from the row's last ones to the next row's
-// first (its constants gathered once), and a masked tail ending the last row. Rows of up to
-// four vectors keep the constants of every position of the cycle in registers.
+// row but one per row, the seam, whose features wrap from the row's last ones to the next
+// row's first (its constants gathered once), and a masked tail ending the last row. Rows of up
+// to four vectors keep the constants of every position of the cycle in registers. Not for
+// outputs that are not streamed (tensors in cache): measured no faster flat (64x1024 and
+// 16x128x1024 features last).
 template <int N>
 inline Consts<N> wrapped_consts(const float* const (&tables)[N], int64_t f, int64_t span) {
   alignas(64) float t[V::W];
