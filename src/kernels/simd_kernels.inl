@@ -516,7 +516,8 @@ inline void walk_flat(const Geometry& g, const Block& b, const float* const (&ta
     }
   };
   if constexpr (Strips > 0) {
-    // The cycle of Strips vectors: position t holds the features (h + t*W) % span...
+    // The cycle of Strips vectors: position t holds the W features from (h + t*W) % span on,
+    // wrapping at the row's end.
     Consts<N> ks[Strips];
     for (int t = 0; t < Strips; ++t) ks[t] = wrapped_consts(tables, (h + t * V::W) % span, span);
     heads();
