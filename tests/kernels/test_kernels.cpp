@@ -681,11 +681,14 @@ TEST_CASE("streamed outputs at every alignment equal the unstreamed ones", "[ker
 // bitwise the reference kernels' outputs and write nothing outside them. Rows of 131 and 300
 // features (wide, tails of 3 and 12 lanes), 96 and 160 (wide rows of whole vectors: walked flat
 // where the output is off its line) and 64 (narrow: ascending whatever the offsets, flat off
-// its line).
+// its line); batches of four rows (walk_batched): 9 x 131 and 5 x 2051 in cache (a batch and
+// rows left over, a tail), 6 x 1024 (rows of 4 KiB: batched with two tensors, row by row with
+// more), 7 x 2048 streamed (rows of 8 KiB on a line: batched, else row by row).
 TEST_CASE("outputs just past their inputs in a page: every walk direction, same bits", "[kernels]") {
   const std::vector<int64_t> dims = GENERATE(std::vector<int64_t>{9, 131}, std::vector<int64_t>{5, 300},
                                              std::vector<int64_t>{7, 64}, std::vector<int64_t>{6, 96},
-                                             std::vector<int64_t>{3, 160});
+                                             std::vector<int64_t>{3, 160}, std::vector<int64_t>{6, 1024},
+                                             std::vector<int64_t>{7, 2048}, std::vector<int64_t>{5, 2051});
   const std::vector<int32_t> axes{-1};
   const auto ndim = static_cast<int32_t>(dims.size());
   const bn::AxisPlan ap = bn::resolve_axes(axes, dims.data(), ndim);
