@@ -597,8 +597,11 @@ SplitBody<Arrays, static_cast<int>(sizeof(E)), Compute, Store> split_body(Comput
 //    kBatchCachedBytes (read from L3: 12x1024x128, 16x1024x128, 4096x512) were up to 1.3x
 //    slower batched, so they walk row by row.
 //  - rows of a multiple of 4 KiB put the lines of a tensor's four rows in one L1 set (4 KiB
-//    per way of 8): more than 8 such lines per batch (backward of 64x1024 and 64x4096: x, dy,
-//    dx) measured up to 1.16x slower, so those walk row by row.
+//    per way of 8): with three tensors (backward of 64x1024 and 64x4096: x, dy, dx) that
+//    measured up to 1.16x slower; with two (x, y) the batch fills the set's 8 ways, and the
+//    per-feature tables conflict wherever they lie at the tensors' page offsets (64x1024
+//    inference 6.8-9.6 us depending on where the layer's tables were allocated, row by row
+//    6.9-8.4). So rows in cache batch only when fewer than 8 lines share a set.
 //  - streamed (beyond the cache): rows of at least kBatchStreamRowBytes starting on a line:
 //    1024x4096 1.05-1.3x, 32x7x7x2048 1.0-1.15x faster; rows of 1-2 KiB (32x28x28x512,
 //    32x56x56x256) measured 1.1-1.4x slower batched.
@@ -619,7 +622,7 @@ inline bool batched(const Geometry& g, const Block& b, const float* out) {
   if (g.outer * row_bytes > kBatchCachedBytes) return false;
   int same_set = 0;  // rows of a batch whose lines fall in the first row's L1 sets
   for (int r = 0; r < kBatchRows; ++r) same_set += (r * row_bytes) % kL1Way == 0;
-  return B::kArrays * same_set <= kL1Ways;
+  return B::kArrays * same_set < kL1Ways;
 }
 
 template <bool Stream, bool Desc, int N, class In, class B>

@@ -682,8 +682,8 @@ TEST_CASE("streamed outputs at every alignment equal the unstreamed ones", "[ker
 // features (wide, tails of 3 and 12 lanes), 96 and 160 (wide rows of whole vectors: walked flat
 // where the output is off its line) and 64 (narrow: ascending whatever the offsets, flat off
 // its line); batches of four rows (walk_batched): 9 x 131 and 5 x 2051 in cache (a batch and
-// rows left over, a tail), 6 x 1024 (rows of 4 KiB: batched with two tensors, row by row with
-// more), 7 x 2048 streamed (rows of 8 KiB on a line: batched, else row by row).
+// rows left over, a tail), 6 x 1024 (rows of 4 KiB: row by row in cache), 7 x 2048 streamed
+// (rows of 8 KiB on a line: batched, else row by row).
 TEST_CASE("outputs just past their inputs in a page: every walk direction, same bits", "[kernels]") {
   const std::vector<int64_t> dims = GENERATE(std::vector<int64_t>{9, 131}, std::vector<int64_t>{5, 300},
                                              std::vector<int64_t>{7, 64}, std::vector<int64_t>{6, 96},
