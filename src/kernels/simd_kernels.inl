@@ -62,7 +62,12 @@ struct WideSum {
 };
 
 // Feeds value(i) (a vector of the run p[0, n) transformed) into `sum` via op(run, v), four
-// vectors per step; the masked tail (lanes past the end must come out 0) goes to slot 0.
+// vectors per step; the rest of the run (up to three whole vectors and the masked tail, whose
+// lanes past the end must come out 0) is one more step, a vector per slot. Runs follow one
+// another without a flush (each slot still adds at most kRun vectors before it is widened).
+// Flushed at every run's end (as before), short rows paid for a flush per row and put the
+// rest in one slot: measured against that, 32x2048x7x7 (rows of 49) training forward 1.3x and
+// backward 1.1x faster, 8x32x16x16 (rows of 256) training forward 1.1x, 1 and 2 threads.
 template <class Value, class ValueTail, class Op>
 inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, Op op) {
   int64_t i = 0;
@@ -70,9 +75,17 @@ inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, 
     for (int k = 0; k < 4; ++k) sum.run[k] = op(sum.run[k], value(i + k * V::W));
     if (++sum.steps == kRun) sum.flush();
   }
-  for (; i + V::W <= n; i += V::W) sum.run[0] = op(sum.run[0], value(i));
-  if (i < n) sum.run[0] = op(sum.run[0], value_tail(i, static_cast<int>(n - i)));
-  sum.flush();  // the single-vector steps above bypass the step count
+  if (i == n) return;
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {  // unrolled: the slots stay in registers
+    const int64_t at = i + k * V::W;
+    if (at + V::W <= n) {
+      sum.run[k] = op(sum.run[k], value(at));
+    } else if (at < n) {
+      sum.run[k] = op(sum.run[k], value_tail(at, static_cast<int>(n - at)));
+    }
+  }
+  if (++sum.steps == kRun) sum.flush();
 }
 
 // --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
@@ -878,10 +891,21 @@ void backward_sums_impl(const BackwardSumsArgs<E>& a, const Block& b) {
             ps.flush();
           }
         }
-        for (; i < full; i += V::W) step(Full{}, base + i, 0);
-        if (tail.n) step(tail, base + full, 0);
-        ys.flush();
-        ps.flush();
+        if (i == inner) continue;
+        // The rest of the row as one more step, a vector per slot (see sum_run).
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {  // unrolled: the slots stay in registers
+          const int64_t at = i + k * V::W;
+          if (at < full) {
+            step(Full{}, base + at, k);
+          } else if (at == full && tail.n) {
+            step(tail, base + full, k);
+          }
+        }
+        if (++ys.steps == kRun) {
+          ys.flush();
+          ps.flush();
+        }
       }
       a.sum_dy[s] = ys.total();
       a.sum_dyxc[s] = ps.total();
