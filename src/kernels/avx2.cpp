@@ -29,6 +29,8 @@ struct V {
   static void stream(float* p, F v) { _mm256_stream_ps(p, v); }
   static void storen(float* p, F v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
   static void fence() { _mm_sfence(); }
+  // Lanes [0, n) of a, the others of b.
+  static F first(int n, F a, F b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(mask(n))); }
 
   // --- 16-bit elements: 8 of them in an __m128i ---
   static __m128i mask_pairs(int pairs) { return _mm_cmpgt_epi32(_mm_set1_epi32(pairs), _mm_setr_epi32(0, 1, 2, 3)); }

@@ -28,6 +28,8 @@ struct V {
   static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
   static void storen(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
   static void fence() { _mm_sfence(); }
+  // Lanes [0, n) of a, the others of b.
+  static F first(int n, F a, F b) { return _mm512_mask_blend_ps(mask(n), b, a); }
 
   // --- 16-bit elements: 16 of them in an __m256i ---
   static __m256i load16(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }

@@ -697,6 +697,46 @@ inline void walk_batched(const Geometry& g, const Block& b, const float* const (
   }
 }
 
+// Planar rows of at most kFlatPlanarInner values (7x7 feature maps: rows of 49): the rows of a
+// block's features are contiguous for each o, and are walked as one flat run, a vector
+// holding the end of one row and the start of the next where they meet (constants blended
+// per lane), so that a row's end and the next row's start are not two masked vectors (and,
+// streamed, the run is stored whole lines at a time after one masked head). Measured on
+// 32x2048x7x7 features first (both builds interleaved in one process, 1 and 2 threads):
+// inference 3-9 %, training forward 0-4 %, backward 1-2 % faster than row by row.
+constexpr int64_t kFlatPlanarInner = 8 * V::W;
+
+template <int N, class Whole, class Head, class Body>
+inline void walk_planar_flat(const Geometry& g, const Block& b, const float* const (&tables)[N], Whole whole,
+                             Head head, Body body) {
+  const int64_t inner = g.inner, len = (b.s1 - b.s0) * inner;
+  Consts<N> k;
+  for (int64_t o = b.o0; o < b.o1; ++o) {
+    const int64_t base = (o * g.span + b.s0) * inner;
+    const int64_t h = head(base, len);
+    // The vector at p (relative to the run) starts `r` values into feature f's row: its lanes
+    // before the row's end take f's constants, the others the next feature's.
+    int64_t p = 0, f = b.s0, r = 0;
+    auto step = [&](auto ld, int64_t lanes) {
+      const int64_t in_row = inner - r;
+      for (int i = 0; i < N; ++i) {
+        const typename V::F a = V::set1(tables[i][f]);
+        k.v[i] = in_row >= lanes ? a : V::first(static_cast<int>(in_row), a, V::set1(tables[i][f + 1]));
+      }
+      body(ld, base + p, k);
+      p += lanes;
+      r += lanes;
+      if (r >= inner) {
+        r -= inner;
+        ++f;
+      }
+    };
+    while (p < h) step(Tail{static_cast<int>(h - p < V::W ? h - p : V::W)}, h - p < V::W ? h - p : V::W);
+    while (p + V::W <= len) step(whole, V::W);
+    if (p < len) step(Tail{static_cast<int>(len - p)}, len - p);
+  }
+}
+
 template <bool Stream, bool Desc, int N, class In, class Body>
 inline void walk_stream(const Geometry& g, const Block& b, const float* const (&table_refs)[N], const In& inputs,
                         const float* out, Body body) {
@@ -713,6 +753,9 @@ inline void walk_stream(const Geometry& g, const Block& b, const float* const (&
     return h < len ? h : len;
   };
   if (is_planar(g)) {
+    if (g.inner <= kFlatPlanarInner && b.s1 - b.s0 > 1) {
+      return walk_planar_flat(g, b, tables, whole, [&](int64_t at, int64_t len) { return head(at, len); }, body);
+    }
     for (int64_t o = b.o0; o < b.o1; ++o) {
       for (int64_t s = b.s0; s < b.s1; ++s) {
         for (int i = 0; i < N; ++i) k.v[i] = V::set1(tables[i][s]);
