@@ -861,7 +861,7 @@ void normalize_impl(const NormalizeArgs<E>& a, const Block& b) {
   const Inputs<E, Residual ? 2 : 1> in{{x, residual}};
   const bool desc = descending<1, 2>({y}, {x, residual});
   const auto body = split_body<Residual ? 3 : 2, E>(
-      [x, residual](auto ld, int64_t at, const Consts<3>& k) {
+      [=](auto ld, int64_t at, const Consts<3>& k) {
         typename V::F z = V::fma(V::sub(ld(x + at), k.v[0]), k.v[1], k.v[2]);
         if constexpr (Residual) z = V::add(z, ld(residual + at));
         if constexpr (Relu) z = V::max0(z);
