@@ -651,8 +651,7 @@ inline void walk_batched(const Geometry& g, const Block& b, const float* const (
   const Tail tail{static_cast<int>(b.s1 - full)};
   const FullT<Stream> whole;
   Consts<N> k;
-  const int64_t batches = (b.o1 - b.o0) / kBatchRows;
-  const int64_t rest = b.o0 + batches * kBatchRows;  // rows [rest, o1): fewer than a batch
+  const int64_t batches = (b.o1 - b.o0) / kBatchRows;  // the caller passes whole batches
   auto batch = [&](int64_t o) {
     const int64_t first = o * span;
     auto columns = [&](auto ld, int64_t j) {
@@ -675,25 +674,10 @@ inline void walk_batched(const Geometry& g, const Block& b, const float* const (
       if (tail.n) columns(tail, full);
     }
   };
-  auto row = [&](int64_t o) {
-    auto vector_at = [&](auto ld, int64_t j) {
-      for (int i = 0; i < N; ++i) k.v[i] = ld(tables[i] + j);
-      body(ld, o * span + j, k);
-    };
-    if constexpr (Desc) {
-      if (tail.n) vector_at(tail, full);
-      for (int64_t j = full - V::W; j >= b.s0; j -= V::W) vector_at(whole, j);
-    } else {
-      for (int64_t j = b.s0; j < full; j += V::W) vector_at(whole, j);
-      if (tail.n) vector_at(tail, full);
-    }
-  };
   if constexpr (Desc) {
-    for (int64_t o = b.o1 - 1; o >= rest; --o) row(o);
     for (int64_t t = batches - 1; t >= 0; --t) batch(b.o0 + t * kBatchRows);
   } else {
     for (int64_t t = 0; t < batches; ++t) batch(b.o0 + t * kBatchRows);
-    for (int64_t o = rest; o < b.o1; ++o) row(o);
   }
 }
 
@@ -789,7 +773,11 @@ inline void walk_stream(const Geometry& g, const Block& b, const float* const (&
     case 4: return walk_narrow<4>(g, b, tables, whole, body);
     default: break;
   }
-  if (batched<Stream, Body>(g, b, out)) return walk_batched<Stream, Desc>(g, b, tables, in, body);
+  // Batches of kBatchRows rows where that measured faster (walk_batched), the rows left over
+  // one at a time below.
+  const bool batch = batched<Stream, Body>(g, b, out);
+  const Block batches{b.o0, batch ? b.o0 + (b.o1 - b.o0) / kBatchRows * kBatchRows : b.o0, b.s0, b.s1};
+  if (!Desc && batches.o1 > batches.o0) walk_batched<Stream, Desc>(g, batches, tables, in, body);
   // Wide rows one at a time, in memory order (segments of features walked over all rows
   // measured slower), or its reverse (kAliasWindow).
   auto vector_at = [&](auto ld, int64_t row, int64_t j) {
@@ -806,14 +794,15 @@ inline void walk_stream(const Geometry& g, const Block& b, const float* const (&
   auto head_at = [&](int64_t row, int64_t j) { vector_at(Tail{static_cast<int>(j0 - j < V::W ? j0 - j : V::W)}, row, j); };
   if constexpr (Desc) {
     const int64_t last_head = h ? b.s0 + (h - 1) / V::W * V::W : b.s0 - 1;
-    for (int64_t o = b.o1 - 1; o >= b.o0; --o) {
+    for (int64_t o = b.o1 - 1; o >= batches.o1; --o) {
       const int64_t row = o * g.span;
       if (tail.n) vector_at(tail, row, full);
       for (int64_t j = full - V::W; j >= j0; j -= V::W) vector_at(whole, row, j);
       for (int64_t j = last_head; j >= b.s0; j -= V::W) head_at(row, j);
     }
+    if (batches.o1 > batches.o0) walk_batched<Stream, Desc>(g, batches, tables, in, body);
   } else {
-    for (int64_t o = b.o0; o < b.o1; ++o) {
+    for (int64_t o = batches.o1; o < b.o1; ++o) {
       const int64_t row = o * g.span;
       for (int64_t j = b.s0; j < j0; j += V::W) head_at(row, j);
       for (int64_t j = j0; j < full; j += V::W) vector_at(whole, row, j);
