@@ -226,6 +226,31 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
       }
     }
   };
+  if (const int64_t run = sync ? 0 : cached_feature_run(plan, int64_t{sizeof(T)}, 2 * int64_t{sizeof(T)})) {
+    // One feature's slice fits in L2 (see cached_feature_run): per run of features, its
+    // sums block row by block row, its constants, then its dx from the last block row back.
+    executor_.for_blocks((c + run - 1) / run, [&](int64_t t) {
+      const int64_t f0 = t * run, f1 = std::min(c, f0 + run);
+      for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+        kernels::Block block = grid.block(g, bo * grid.s_blocks);
+        block.s0 = f0;
+        block.s1 = f1;
+        kernels::BackwardSumsArgs<T> args = sums;
+        args.sum_dy = partial_a_.data() + bo * c;
+        args.sum_dyxc = partial_b_.data() + bo * c;
+        k.backward_sums(args, block);
+      }
+      add_block_rows(f0, f1);
+      coefficients_range(f0, f1, sa, sb);
+      for (int64_t bo = grid.o_blocks - 1; elementwise && bo >= 0; --bo) {
+        kernels::Block block = grid.block(g, bo * grid.s_blocks);
+        block.s0 = f0;
+        block.s1 = f1;
+        k.backward_dx(dx_args, block);
+      }
+    });
+    return;
+  }
   if (const int64_t group = sync || plan.elements == 0 ? 0 : cached_group_columns(plan, 2 * int64_t{sizeof(T)})) {
     // Large planar tensors: the same blocks and sums as below, group of feature columns by
     // group (see cached_group_columns), each group's dx while its x and dy are in cache.

@@ -187,6 +187,28 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     });
     skip_update = screen_statistics(work_a_.data(), work_b_.data(), c);
     if (refuse) executor_.for_blocks(grid.count(), [&](int64_t b) { k.normalize(norm, grid.block(g, b)); });
+  } else if (const int64_t run = plan.elements > 0 && !sync && !refuse
+                                     ? cached_feature_run(plan, int64_t{sizeof(T)}, int64_t{sizeof(T)})
+                                     : 0) {
+    // One feature's slice of x fits in L2 (see cached_feature_run): per run of features, its
+    // statistics block row by block row, merged in block order as below, its transform, then
+    // its normalization from the last block row back (x read from memory once).
+    executor_.for_blocks((c + run - 1) / run, [&](int64_t t) {
+      const int64_t f0 = t * run, f1 = std::min(c, f0 + run);
+      auto rows_of = [&](int64_t bo) {
+        kernels::Block block = grid.block(g, bo * grid.s_blocks);
+        block.s0 = f0;
+        block.s1 = f1;
+        return block;
+      };
+      for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
+        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c}, rows_of(bo));
+      }
+      merge_block_moments(grid, g, partial_a_.data(), partial_b_.data(), c, f0, f1, work_a_.data(), work_b_.data());
+      transform_range(f0, f1, work_a_.data(), work_b_.data(), m);
+      for (int64_t bo = grid.o_blocks - 1; bo >= 0; --bo) k.normalize(norm, rows_of(bo));
+    });
+    skip_update = screen_statistics(work_a_.data(), work_b_.data(), c);
   } else {
     // Per-block two-pass moments, Chan's merge in block order per feature (work_a_ the mean,
     // work_b_ M2), the collective (layer_sync.cpp), then normalize.

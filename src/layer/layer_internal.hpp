@@ -63,6 +63,25 @@ inline int64_t cached_group_columns(const ShapePlan& plan, int64_t reread_bytes)
   return std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(cache) / 4.0 / column));
 }
 
+// Planar tensors with long rows whose one feature's slice (all its rows of the `reread_bytes`
+// per element read twice: x and dy in a backward) fits in a core's L2: a task per run of
+// features walks its blocks' sums, its constants and then its dx in reverse block-row order,
+// so that the second read of x and dy comes from L2 (the rows read last come back first).
+// Same blocks and the same addition order per feature as the pass over the whole grid: the
+// results are bitwise the same. Returns the features per task; 0 for the other paths. Rows
+// shorter than 1 KiB are left to the whole-grid passes, whose flat walks serve them better.
+inline int64_t cached_feature_run(const ShapePlan& plan, int64_t element_bytes, int64_t reread_bytes) {
+  const kernels::Geometry& g = plan.geometry;
+  const BlockGrid& grid = plan.grid;
+  if (!g.identity() || g.inner * element_bytes < 1024 || grid.o_blocks <= 1 || plan.elements == 0) return 0;
+  const int64_t l2 = parallel::l2_cache_bytes();
+  const double slice = static_cast<double>(g.outer) * static_cast<double>(g.inner) * static_cast<double>(reread_bytes);
+  if (l2 <= 0 || slice > static_cast<double>(l2)) return 0;
+  // Several features per task where slices are small, but at least 16 tasks.
+  const int64_t fit = static_cast<int64_t>(static_cast<double>(l2) / 2.0 / slice);
+  return std::max<int64_t>(1, std::min(fit, g.span / 16));
+}
+
 // The tensors a backward touches: x and dy, dx and dresidual where wanted, y for the ReLU gate.
 template <class T>
 inline int backward_tensors(const T* dx, const T* dresidual, const kernels::Gate<T>& gate) {

@@ -9,9 +9,10 @@
 namespace bn::parallel {
 namespace {
 
-// The size of one instance of the highest-level data or unified cache of CPU 0 from sysfs
-// (one L3 of a chiplet, not the package's sum that sysconf may report); 0 when unreadable.
-int64_t sysfs_cache_bytes() {
+// The size of one instance of a data or unified cache of CPU 0 from sysfs: of `want_level`,
+// or of the highest level when want_level is 0 (one L3 of a chiplet, not the package's sum
+// that sysconf may report); 0 when unreadable.
+int64_t sysfs_cache_bytes(int want_level) {
   int64_t bytes = 0;
   int top = 0;
   for (int index = 0; index < 16; ++index) {
@@ -33,7 +34,7 @@ int64_t sysfs_cache_bytes() {
     std::fclose(f);
     if (!got_level || got_size < 1 || !got_type || std::string(type) == "Instruction") continue;
     const int64_t b = size * (unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1);
-    if (level > top) {
+    if (want_level > 0 ? level == want_level : level > top) {
       top = level;
       bytes = b;
     }
@@ -42,6 +43,7 @@ int64_t sysfs_cache_bytes() {
 }
 
 std::atomic<int64_t> overridden{0};
+std::atomic<int64_t> overridden_l2{0};
 
 }  // namespace
 
@@ -50,8 +52,20 @@ void override_last_level_cache_bytes(int64_t bytes) { overridden.store(bytes, st
 int64_t last_level_cache_bytes() {
   if (const int64_t o = overridden.load(std::memory_order_relaxed); o > 0) return o;
   static const int64_t bytes = [] {
-    if (const int64_t b = sysfs_cache_bytes(); b > 0) return b;
+    if (const int64_t b = sysfs_cache_bytes(0); b > 0) return b;
     const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t{0};
+  }();
+  return bytes;
+}
+
+void override_l2_cache_bytes(int64_t bytes) { overridden_l2.store(bytes, std::memory_order_relaxed); }
+
+int64_t l2_cache_bytes() {
+  if (const int64_t o = overridden_l2.load(std::memory_order_relaxed); o != 0) return o > 0 ? o : 0;
+  static const int64_t bytes = [] {
+    if (const int64_t b = sysfs_cache_bytes(2); b > 0) return b;
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
     return v > 0 ? static_cast<int64_t>(v) : int64_t{0};
   }();
   return bytes;
