@@ -89,7 +89,11 @@ inline void sum_run(WideSum& sum, int64_t n, Value value, ValueTail value_tail, 
 }
 
 // --- loaders: whole vectors, or the first n lanes (others 0) at a tail -----------------
-// Stream: non-temporal stores where 64-byte aligned (outputs too large to cache).
+// Stream: non-temporal stores where aligned to the vector (outputs too large to cache). The
+// callers stream rows that start on a 64-byte line (after a masked head) and span whole lines,
+// so every line is written by non-temporal stores only: with 32-byte vectors, both halves
+// (streaming one half and storing the other, as a 64-byte test did, made AVX2's streamed
+// backward 5-7x slower than AVX-512's).
 template <bool Stream>
 struct FullT {
   int lanes() const { return V::W; }
@@ -98,7 +102,7 @@ struct FullT {
   template <class P>
   void store(P* p, typename V::F v) const {
     if constexpr (Stream && std::is_same_v<P, float>) {
-      if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) return V::stream(p, v);
+      if ((reinterpret_cast<uintptr_t>(p) & (sizeof(typename V::F) - 1)) == 0) return V::stream(p, v);
     }
     V::store(p, v);
   }
