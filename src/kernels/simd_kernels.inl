@@ -656,6 +656,7 @@ inline void walk_batched(const Geometry& g, const Block& b, const float* const (
   const FullT<Stream> whole;
   Consts<N> k;
   const int64_t batches = (b.o1 - b.o0) / kBatchRows;  // the caller passes whole batches
+  constexpr int kPerLine = Stream && sizeof(typename V::F) < 64 ? static_cast<int>(64 / sizeof(typename V::F)) : 1;
   auto batch = [&](int64_t o) {
     const int64_t first = o * span;
     auto columns = [&](auto ld, int64_t j) {
@@ -664,14 +665,41 @@ inline void walk_batched(const Geometry& g, const Block& b, const float* const (
       for (int r = 0; r < kBatchRows; ++r) v[r] = body.compute(ld, first + r * span + j, k);
       for (int r = 0; r < kBatchRows; ++r) body.store(ld, first + r * span + j, v[r]);
     };
+    // Streamed with vectors narrower than a line (AVX2): a row's whole line, kPerLine vectors
+    // at j, stored back to back, so that each write-combining buffer fills at once (the
+    // halves of a line a batch of stores apart measured 1.3x slower than ordinary stores).
+    auto line = [&](int64_t j) {
+      decltype(body.compute(whole, first + j, k)) v[kPerLine][kBatchRows];
+      for (int l = 0; l < kPerLine; ++l) {
+        for (int i = 0; i < N; ++i) k.v[i] = whole(tables[i] + j + l * V::W);
+        for (int r = 0; r < kBatchRows; ++r) v[l][r] = body.compute(whole, first + r * span + j + l * V::W, k);
+      }
+      for (int r = 0; r < kBatchRows; ++r) {
+        for (int l = 0; l < kPerLine; ++l) body.store(whole, first + r * span + j + l * V::W, v[l][r]);
+      }
+    };
     if constexpr (Desc) {
       if (tail.n) columns(tail, full);
-      for (int64_t j = full - V::W; j >= b.s0; j -= V::W) {
+      int64_t j = full - V::W;
+      if constexpr (kPerLine > 1) {
+        for (; j - (kPerLine - 1) * V::W >= b.s0; j -= kPerLine * V::W) {
+          for (int l = 0; l < kPerLine; ++l) in.template fetch<true>(first + j - l * V::W);
+          line(j - (kPerLine - 1) * V::W);
+        }
+      }
+      for (; j >= b.s0; j -= V::W) {
         in.template fetch<true>(first + j);
         columns(whole, j);
       }
     } else {
-      for (int64_t j = b.s0; j < full; j += V::W) {
+      int64_t j = b.s0;
+      if constexpr (kPerLine > 1) {
+        for (; j + kPerLine * V::W <= full; j += kPerLine * V::W) {
+          for (int l = 0; l < kPerLine; ++l) in.template fetch<false>(first + j + l * V::W);
+          line(j);
+        }
+      }
+      for (; j < full; j += V::W) {
         in.template fetch<false>(first + j);
         columns(whole, j);
       }
