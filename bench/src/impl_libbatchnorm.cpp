@@ -3,8 +3,9 @@
 // BN_BF16 / BN_F16 layers for the 16-bit cases.
 #include <batchnorm/batchnorm.h>
 
-#include <stdexcept>
+#include <cstdlib>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -74,7 +75,18 @@ class Libbatchnorm : public Impl {
   bool supports(const Case&) const override { return true; }
   std::string describe() const override {
     return std::string("libbatchnorm ") + bn_version_string() +
-           ": C API, bn_set_num_threads(layer, T) (oneTBB arena), fused off";
+           ": C API, bn_set_num_threads(layer, T) (oneTBB arena), fused off; kernels: " + kernels();
+  }
+  // Which kernel table the library dispatches to: the widest the CPU has, unless BN_ISA
+  // names a narrower one (the library's rule; a CPU without the named ISA keeps its widest).
+  static std::string kernels() {
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const std::string widest = avx2 && avx512 ? "AVX-512" : avx2 ? "AVX2" : "scalar reference";
+    const char* env = std::getenv("BN_ISA");
+    if (env == nullptr) return "the CPU's widest, " + widest;
+    return std::string("BN_ISA=") + env + " (the CPU's widest: " + widest + ")";
   }
   std::unique_ptr<Runner> prepare(Tensors& t, Mode mode, int threads) override {
     return std::make_unique<LayerRunner>(t, mode, threads);
