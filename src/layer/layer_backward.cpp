@@ -63,10 +63,16 @@ void Layer::backward(const int64_t* shape, int32_t ndim, const BackwardIo& io) {
     add_regularizer_gradient(config_.keras.gamma_regularizer, gamma_, dg, share);
     add_regularizer_gradient(config_.keras.beta_regularizer, beta_, db, share);
   }
-  for (size_t f = 0; f < dg.size(); ++f) {
-    dg[f] = param_grads && config_.scale ? round_param(dg[f]) : 0.0;
-    db[f] = param_grads && config_.center ? round_param(db[f]) : 0.0;
-  }
+  // Rounded to the parameter type (zero where absent or frozen), in loops that vectorize.
+  auto finish = [&](std::vector<double>& v, bool wanted) {
+    if (!wanted) {
+      std::fill(v.begin(), v.end(), 0.0);
+    } else if (config_.dtype != DType::f64) {
+      for (double& e : v) e = static_cast<double>(static_cast<float>(e));
+    }
+  };
+  finish(dg, param_grads && config_.scale);
+  finish(db, param_grads && config_.center);
   if (io.dgamma) write_params(dg, io.dgamma);
   if (io.dbeta) write_params(db, io.dbeta);
 }
@@ -104,17 +110,25 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
   // Moving statistics saved by a training-path forward that normalized with them (mode flags).
   const bool snapshot = !batch && saved_.training_forward;
   const std::vector<double>& center = batch ? batch_mean_ : snapshot ? saved_center_ : moving_mean_;
-  std::vector<double>& inv = work_b_;
   std::vector<double>& dgamma = work_c_;
   std::vector<double>& dbeta = work_d_;
   using C = kernels::Compute<T>;
   PerFeature<C>& pf = call_constants<C>();
-  for (int64_t f = 0; f < c; ++f) {
-    inv[f] = batch || snapshot ? saved_inv_std_[f] : 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
-    pf.center[f] = static_cast<C>(center[f]);
-    dgamma[f] = 0.0;
-    dbeta[f] = 0.0;
+  // Per-feature set-up in loops that vectorize (one scalar loop doing all four measured 3 us
+  // of a 43 us 64x1024 backward).
+  const double* inv = saved_inv_std_.data();
+  if (!batch && !snapshot) {
+    double* w = work_b_.data();
+    for (int64_t f = 0; f < c; ++f) w[f] = 1.0 / std::sqrt(moving_variance_[f] + epsilon_);
+    inv = w;
   }
+  {
+    const double* src = center.data();
+    C* dst = pf.center.data();
+    for (int64_t f = 0; f < c; ++f) dst[f] = static_cast<C>(src[f]);
+  }
+  std::fill(dgamma.begin(), dgamma.begin() + c, 0.0);
+  std::fill(dbeta.begin(), dbeta.begin() + c, 0.0);
   // With a callback, the sums of a batch-statistics forward are global (layer_sync.cpp): even
   // an empty replica takes part in the collective.
   const bool sync = batch && synchronized();
@@ -155,7 +169,7 @@ void Layer::backward_impl(const ShapePlan& plan, const BackwardIo& io, bool para
       for (int64_t f = f0; f < f1; ++f) coefficients(f, sdy[f], sxc_c[f]);
       return;
     }
-    const double *mean = center.data(), *is = inv.data(), *gamma = gamma_.data(), *rs = saved_r_.data(),
+    const double *mean = center.data(), *is = inv, *gamma = gamma_.data(), *rs = saved_r_.data(),
                  *ds = saved_d_.data(), *scales = saved_adj_scale_.data(), *biases = saved_adj_bias_.data();
     double *dg = dgamma.data(), *db = dbeta.data();
     C *pc = pf.center.data(), *k1 = pf.k1.data(), *k2 = pf.k2.data(), *k3 = pf.k3.data();

@@ -298,10 +298,19 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
 
 bool Layer::screen_statistics(const double* mean, const double* var, int64_t features) const {
   if (config_.nonfinite == NonFinite::propagate) return false;
-  // All finite (the common case) in one branch-free pass: x - x is 0 for finite x, NaN else.
-  double probe = 0.0;
-  for (int64_t v = 0; v < features; ++v) probe += (mean[v] - mean[v]) + (var[v] - var[v]);
-  if (probe == 0.0) return false;
+  // All finite (the common case) in one branch-free pass over the bits: a double is NaN or
+  // infinite exactly when its exponent bits are all ones, i.e. (~bits & exponent) is 0, and
+  // then (~bits & exponent) - 1 has its top bit set. Integer ORs vectorize (a floating-point
+  // sum is one serial chain: measured 1.8 us of a 31 us 64x1024 training forward).
+  constexpr uint64_t kExponent = 0x7ff0000000000000u;
+  uint64_t nonfinite = 0;
+  for (int64_t v = 0; v < features; ++v) {
+    uint64_t a, b;
+    std::memcpy(&a, mean + v, sizeof a);
+    std::memcpy(&b, var + v, sizeof b);
+    nonfinite |= ((~a & kExponent) - 1) | ((~b & kExponent) - 1);
+  }
+  if ((nonfinite >> 63) == 0) return false;
   for (int64_t v = 0; v < features; ++v) {
     if (std::isfinite(mean[v]) && std::isfinite(var[v])) continue;
     if (config_.nonfinite == NonFinite::skip_update) return true;
