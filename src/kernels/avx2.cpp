@@ -94,6 +94,8 @@ struct V {
   static D dsub(D a, D b) { return _mm256_sub_pd(a, b); }
   static D dmul(D a, D b) { return _mm256_mul_pd(a, b); }
   static D dfnma(D a, D b, D c) { return _mm256_fnmadd_pd(a, b, c); }  // c - a*b
+  static D ddiv(D a, D b) { return _mm256_div_pd(a, b); }
+  static bool dall_le(D a, D b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LE_OQ)) == 0xF; }  // false for NaN lanes
   static F narrow(D lo, D hi) { return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1); }
   static D dzero() { return _mm256_setzero_pd(); }
   static D dadd(D a, D b) { return _mm256_add_pd(a, b); }

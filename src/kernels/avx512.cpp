@@ -83,6 +83,8 @@ struct V {
   static D dsub(D a, D b) { return _mm512_sub_pd(a, b); }
   static D dmul(D a, D b) { return _mm512_mul_pd(a, b); }
   static D dfnma(D a, D b, D c) { return _mm512_fnmadd_pd(a, b, c); }  // c - a*b
+  static D ddiv(D a, D b) { return _mm512_div_pd(a, b); }
+  static bool dall_le(D a, D b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ) == 0xFF; }  // false for NaN lanes
   static F narrow(D lo, D hi) {
     const __m512d both = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(lo))),
                                             _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1);
