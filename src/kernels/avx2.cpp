@@ -9,6 +9,8 @@
 #include <immintrin.h>
 
 #include <array>
+#include <cmath>
+#include <limits>
 
 #include "kernels/kernels.hpp"
 

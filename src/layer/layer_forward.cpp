@@ -170,6 +170,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
   // finding them costs a pass over C values. Under REFUSE they must all be known before any y
   // is written (a failed call writes no output buffer).
   const bool refuse = config_.nonfinite == NonFinite::refuse;
+  const bool cached = input_cached<T>(plan);
   if (plan.elements > 0 && grid.o_blocks == 1 && !sync) {
     // Every block holds all rows of its features, so its statistics are final: normalize
     // it right away, while it is still in cache (x is read from memory once). Under REFUSE,
@@ -178,7 +179,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     // normalized.
     executor_.for_blocks(grid.count(), [&](int64_t b) {
       const kernels::Block block = grid.block(g, b);
-      k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data(), partial_b_.data()}, block);
+      k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data(), partial_b_.data(), cached}, block);
       const double count = grid.count_per_feature(g, 0);
       int64_t f0, f1;
       kernels::block_features(g, block, f0, f1);
@@ -206,7 +207,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
         return block;
       };
       for (int64_t bo = 0; bo < grid.o_blocks; ++bo) {
-        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c}, rows_of(bo));
+        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c, cached}, rows_of(bo));
       }
       merge_block_moments(grid, g, partial_a_.data(), partial_b_.data(), c, f0, f1, work_a_.data(), work_b_.data());
       transform_range(f0, f1, work_a_.data(), work_b_.data(), m);
@@ -219,7 +220,7 @@ void Layer::forward_training(const ShapePlan& plan, const ForwardIo& io) {
     if (plan.elements > 0) {
       executor_.for_blocks(grid.count(), [&](int64_t b) {
         const int64_t bo = b / grid.s_blocks;
-        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c},
+        k.stats(kernels::StatsArgs<T>{g, x, partial_a_.data() + bo * c, partial_b_.data() + bo * c, cached},
                 grid.block(g, b));
       });
       executor_.for_blocks((c + kFeaturesPerTask - 1) / kFeaturesPerTask, [&](int64_t t) {

@@ -96,9 +96,10 @@ void Layer::forward_ghost(Ghost& gh, const ForwardIo& io) {
   std::vector<double>& gvar = gh.next_var;
   std::vector<double>& ginv = gh.next_inv;
   // Per-ghost moments, merged over blocks in block order.
+  const bool cached = input_cached<T>(plan);
   executor_.for_blocks(grid.count(), [&](int64_t b) {
     const int64_t bo = b / grid.s_blocks;
-    k.stats(kernels::StatsArgs<T>{g, x, gh.partial_a.data() + bo * fv, gh.partial_b.data() + bo * fv}, grid.block(g, b));
+    k.stats(kernels::StatsArgs<T>{g, x, gh.partial_a.data() + bo * fv, gh.partial_b.data() + bo * fv, cached}, grid.block(g, b));
   });
   merge_block_moments(grid, g, gh.partial_a.data(), gh.partial_b.data(), fv, 0, fv, gmean.data(), gvar.data());
   double replicas = 1.0;

@@ -40,6 +40,17 @@ inline bool stream_output(const ShapePlan& plan, int tensors, int32_t threads) {
   return row_bytes % 64 == 0;
 }
 
+// The statistics kernels' hint StatsArgs::cached: x fits in half the last-level cache, so
+// that a call that follows the one which wrote x (or an earlier call on it) reads it from
+// cache; larger tensors are read from memory, where the features-first statistics' one pass
+// of shifted sums measured 4-7 % slower than two passes (32x512x28x28).
+template <class T>
+inline bool input_cached(const ShapePlan& plan) {
+  const int64_t llc = parallel::last_level_cache_bytes();
+  const int64_t cache = llc > 0 ? llc : kStreamBytesUnknownCache;
+  return plan.elements * static_cast<int64_t>(sizeof(T)) <= cache / 2;
+}
+
 // Backward of features-first (planar) tensors whose x and dy (`reread_bytes` per element)
 // are far larger than the last-level cache: the grid's feature columns in groups of about a
 // quarter of that cache, each group's sums and then its dx right away, so that the second read

@@ -210,6 +210,7 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
 
   const size_t rows = static_cast<size_t>(grid.o_blocks) * cz;
   std::vector<double> pa(rows, kNaN), pb(rows, kNaN);      // stats partials
+  std::vector<double> pc(rows, kNaN), pd(rows, kNaN);      // the same with the hint `cached`
   std::vector<double> qa(rows, kNaN), qb(rows, kNaN);      // backward-sum partials
   std::vector<T> y(n, Elem<T>::from(kNaN)), dx(n, Elem<T>::from(kNaN));
   std::vector<std::set<int64_t>> row_features(static_cast<size_t>(grid.o_blocks));
@@ -231,9 +232,10 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
         fail("count_per_feature differs from the block's element count");
       }
     }
-    const std::vector<double> pa_before = pa, pb_before = pb, qa_before = qa, qb_before = qb;
+    const std::vector<double> pa_before = pa, pb_before = pb, pc_before = pc, pd_before = pd, qa_before = qa, qb_before = qb;
     const size_t row = static_cast<size_t>(bo) * cz;
     k.stats({g, x.data(), pa.data() + row, pb.data() + row}, blk);
+    k.stats({g, x.data(), pc.data() + row, pd.data() + row, true}, blk);
     k.backward_sums({g, x.data(), dy.data(), center_t.data(), qa.data() + row, qb.data() + row}, blk);
     k.normalize({g, x.data(), y.data(), center_t.data(), scale_t.data(), shift_t.data()}, blk);
     k.backward_dx({g, x.data(), dy.data(), dx.data(), center_t.data(), scale_t.data(), k_x_t.data(), k_c_t.data()},
@@ -263,7 +265,8 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
       const auto f = static_cast<size_t>(fi);
       const size_t at = row + f;
       if (!info.features.count(fi)) {  // a feature this block does not hold: untouched
-        if (!same_bits(pa[at], pa_before[at]) || !same_bits(pb[at], pb_before[at]) ||
+        if (!same_bits(pa[at], pa_before[at]) || !same_bits(pb[at], pb_before[at]) || !same_bits(pc[at], pc_before[at]) ||
+            !same_bits(pd[at], pd_before[at]) ||
             !same_bits(qa[at], qa_before[at]) || !same_bits(qb[at], qb_before[at])) {
           fail("block " + std::to_string(b) + " wrote the partial of feature " + std::to_string(fi) + " it does not hold");
         }
@@ -277,6 +280,10 @@ void check_kernels(const bn::kernels::KernelTable<T>& k, const bn::ShapePlan& p,
       if (!near(pa[at], mean[f], mag_x)) fail("stats mean, block " + std::to_string(b) + " feature " + std::to_string(fi));
       if (!near(pb[at], m2[f], m2[f] + cnt[f] * mag_x * mag_x * 1e-3L)) {
         fail("stats m2, block " + std::to_string(b) + " feature " + std::to_string(fi));
+      }
+      if (!near(pc[at], mean[f], mag_x)) fail("stats mean (cached), block " + std::to_string(b) + " feature " + std::to_string(fi));
+      if (!near(pd[at], m2[f], m2[f] + cnt[f] * mag_x * mag_x * 1e-3L)) {
+        fail("stats m2 (cached), block " + std::to_string(b) + " feature " + std::to_string(fi));
       }
       if (!near(qa[at], sdy[f], abs_dy[f])) fail("sum_dy, block " + std::to_string(b) + " feature " + std::to_string(fi));
       if (!near(qb[at], sdyxc[f], abs_dyxc[f])) fail("sum_dyxc, block " + std::to_string(b) + " feature " + std::to_string(fi));
@@ -482,6 +489,62 @@ TEST_CASE("block grid and every kernel table against naive loops", "[kernels]") 
   }
 }
 
+// The statistics kernels of every table this CPU runs, block by block of `grid`, against long
+// double: x at index(row, feature, i) for i < g.inner; features where constant(f) holds must
+// come out exact (mean 3.25, M2 0); blocks holding NaN or infinity must come out non-finite
+// (expected: that many feature blocks), every other mean within 1e-6 standard deviations and
+// M2 within 2e-6 relative.
+template <class Index, class Constant>
+void check_stats_exact(const bn::kernels::Geometry& g, const bn::BlockGrid& grid, const std::vector<float>& x,
+                       Index index, Constant constant, int expect_nonfinite, bool cached) {
+  const int64_t c = g.span;
+  for (const char* isa : {"ref", "avx2", "avx512"}) {
+    const auto* k = bn::kernels::kernels_for_isa<float>(isa);
+    if (!k) continue;
+    INFO("kernels " << isa);
+    std::vector<double> mean(static_cast<size_t>(grid.o_blocks * c), kNaN), m2 = mean;
+    int failures = 0, nonfinite_blocks = 0;
+    for (int64_t b = 0; b < grid.count(); ++b) {
+      const bn::kernels::Block blk = grid.block(g, b);
+      const int64_t bo = b / grid.s_blocks;
+      k->stats({g, x.data(), mean.data() + bo * c, m2.data() + bo * c, cached}, blk);
+      const auto n = static_cast<long double>((blk.o1 - blk.o0) * g.inner);
+      for (int64_t f = blk.s0; f < blk.s1; ++f) {
+        auto each = [&](auto fn) {
+          for (int64_t r = blk.o0; r < blk.o1; ++r) {
+            for (int64_t i = 0; i < g.inner; ++i) fn(static_cast<long double>(x[static_cast<size_t>(index(r, f, i))]));
+          }
+        };
+        long double s = 0, q = 0;
+        each([&](long double v) { s += v; });
+        const long double want_mean = s / n;
+        each([&](long double v) { q += (v - want_mean) * (v - want_mean); });
+        const double got_mean = mean[static_cast<size_t>(bo * c + f)], got_m2 = m2[static_cast<size_t>(bo * c + f)];
+        const std::string where = "block " + std::to_string(b) + " feature " + std::to_string(f);
+        if (!std::isfinite(s)) {  // the block holds the NaN or the infinity of this feature
+          ++nonfinite_blocks;
+          if (std::isfinite(got_mean) && std::isfinite(got_m2) && failures++ < 5) FAIL_CHECK("finite statistics with NaN or inf, " + where);
+          continue;
+        }
+        bool ok;
+        if (constant(f)) {
+          ok = got_mean == 3.25 && got_m2 == 0.0;
+        } else {
+          const long double sd = std::sqrt(q / n);
+          ok = std::fabs(got_mean - want_mean) <= 1e-6L * sd + 1e-15L * std::fabs(want_mean) &&
+               std::fabs(got_m2 - q) <= 2e-6L * q;
+        }
+        if (!ok && failures++ < 5) {
+          FAIL_CHECK(where << ": mean " << got_mean << " vs " << static_cast<double>(want_mean) << ", M2 " << got_m2
+                           << " vs " << static_cast<double>(q));
+        }
+      }
+    }
+    CHECK(failures == 0);
+    CHECK(nonfinite_blocks == expect_nonfinite);
+  }
+}
+
 // The features-last statistics sum x - K around a per-feature shift K (the mean of 8 rows
 // spread evenly over the block: rows o0 + i*step, step = rows/8) and must fall back to an
 // exact two-pass where K is far off. Per block, against long double: features whose sampled
@@ -534,49 +597,67 @@ TEST_CASE("features-last statistics: far shifts, large means, constant and non-f
     x[static_cast<size_t>((rows / 2) * c + nan_feature)] = std::numeric_limits<float>::quiet_NaN();
     x[static_cast<size_t>((rows - 1) * c + inf_feature)] = std::numeric_limits<float>::infinity();
   }
-  for (const char* isa : {"ref", "avx2", "avx512"}) {
-    const auto* k = bn::kernels::kernels_for_isa<float>(isa);
-    if (!k) continue;
-    INFO("kernels " << isa);
-    std::vector<double> mean(static_cast<size_t>(grid.o_blocks * c), kNaN), m2 = mean;
-    int failures = 0, nonfinite_blocks = 0;
-    for (int64_t b = 0; b < grid.count(); ++b) {
-      const bn::kernels::Block blk = grid.block(g, b);
-      const int64_t bo = b / grid.s_blocks;
-      k->stats({g, x.data(), mean.data() + bo * c, m2.data() + bo * c}, blk);
-      const auto n = static_cast<long double>(blk.o1 - blk.o0);
-      for (int64_t f = blk.s0; f < blk.s1; ++f) {
-        long double s = 0, q = 0;
-        for (int64_t r = blk.o0; r < blk.o1; ++r) s += x[static_cast<size_t>(r * c + f)];
-        const long double want_mean = s / n;
-        for (int64_t r = blk.o0; r < blk.o1; ++r) {
-          const long double d = x[static_cast<size_t>(r * c + f)] - want_mean;
-          q += d * d;
-        }
-        const double got_mean = mean[static_cast<size_t>(bo * c + f)], got_m2 = m2[static_cast<size_t>(bo * c + f)];
-        const std::string where = "block " + std::to_string(b) + " feature " + std::to_string(f);
-        if (!std::isfinite(s)) {  // the block holds the NaN or the infinity of this feature
-          ++nonfinite_blocks;
-          if (std::isfinite(got_mean) && std::isfinite(got_m2) && failures++ < 5) FAIL_CHECK("finite statistics with NaN or inf, " + where);
-          continue;
-        }
-        bool ok;
-        if (kind(f) == constant) {
-          ok = got_mean == 3.25 && got_m2 == 0.0;
-        } else {
-          const long double sd = std::sqrt(q / n);
-          ok = std::fabs(got_mean - want_mean) <= 1e-6L * sd + 1e-15L * std::fabs(want_mean) &&
-               std::fabs(got_m2 - q) <= 2e-6L * q;
-        }
-        if (!ok && failures++ < 5) {
-          FAIL_CHECK(where << " (kind " << kind(f) << "): mean " << got_mean << " vs " << static_cast<double>(want_mean)
-                           << ", M2 " << got_m2 << " vs " << static_cast<double>(q));
-        }
+  check_stats_exact(g, grid, x, [c](int64_t r, int64_t f, int64_t) { return r * c + f; },
+                    [&](int64_t f) { return kind(f) == constant; }, nonfinite ? 2 : 0, GENERATE(false, true));
+}
+
+// The features-first statistics with the hint `cached` take each feature of a block in one
+// pass of sums of x - K, K the mean of 8 values spread evenly over the feature's values in
+// the block (value indices i*(n/8), row-major over its rows), and must fall back to the exact
+// two passes (around the rough mean) where K is far off: as the features-last test above,
+// per block against long double (far-shift features carry 1000.3 more at the sampled values:
+// without the fallback M2 is off by ~3e-5, with the block's first value as the fallback's
+// pivot the mean by ~2e-5), means of 1e4, constant features, NaN and infinity. Rows of 40
+// (a SIMD tail), 49, 256 and 1000.
+TEST_CASE("features-first statistics: far shifts, large means, constant and non-finite features", "[kernels]") {
+  const std::vector<int64_t> shape = GENERATE(std::vector<int64_t>{3, 5, 40}, std::vector<int64_t>{64, 7, 49},
+                                              std::vector<int64_t>{8, 6, 256}, std::vector<int64_t>{40, 9, 1000});
+  const bool nonfinite = GENERATE(false, true);
+  CAPTURE(describe_shape(shape), nonfinite);
+  const std::vector<int32_t> axis{1};
+  const bn::AxisPlan axes = bn::resolve_axes(axis, shape.data(), 3);
+  const bn::ShapePlan p = bn::plan_shape(axes, shape.data(), 3);
+  const bn::kernels::Geometry& g = p.geometry;
+  const bn::BlockGrid& grid = p.grid;
+  const int64_t rows = shape[0], c = shape[1], inner = shape[2];
+  REQUIRE(g.span == c);
+  REQUIRE(g.inner == inner);
+  enum Kind { plain, far_shift, large_mean, constant };
+  auto kind = [](int64_t f) { return static_cast<Kind>(f % 4); };
+  auto at = [c, inner](int64_t r, int64_t f, int64_t i) { return (r * c + f) * inner + i; };
+  DataGen gen(77 + static_cast<uint64_t>(rows * c * inner));
+  std::vector<float> x(static_cast<size_t>(rows * c * inner));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t f = 0; f < c; ++f) {
+      for (int64_t i = 0; i < inner; ++i) {
+        const double z = gen.normal(1, 0.0, 1.0, RefDtype::f64)[0];
+        const double v = kind(f) == constant    ? 3.25
+                         : kind(f) == large_mean ? 1e4 + z
+                         : kind(f) == far_shift  ? 0.3 + 0.01 * static_cast<double>(f)
+                                                 : 0.5 + z;
+        x[static_cast<size_t>(at(r, f, i))] = static_cast<float>(v);
       }
     }
-    CHECK(failures == 0);
-    CHECK(nonfinite_blocks == (nonfinite ? 2 : 0));
   }
+  int64_t far_blocks = 0;
+  for (int64_t b = 0; b < grid.count(); ++b) {
+    const bn::kernels::Block blk = grid.block(g, b);
+    const int64_t n = (blk.o1 - blk.o0) * inner, samples = std::min<int64_t>(8, n);
+    for (int64_t f = blk.s0; f < blk.s1; ++f) {
+      if (kind(f) != far_shift) continue;
+      ++far_blocks;
+      for (int64_t j = 0; j < samples; ++j) {
+        const int64_t e = n / samples * j;
+        x[static_cast<size_t>(at(blk.o0 + e / inner, f, e % inner))] += 1000.3f;
+      }
+    }
+  }
+  REQUIRE(far_blocks > 0);
+  if (nonfinite) {
+    x[static_cast<size_t>(at(rows / 2, 0, inner / 3))] = std::numeric_limits<float>::quiet_NaN();
+    x[static_cast<size_t>(at(rows - 1, 2 % c, inner - 1))] = std::numeric_limits<float>::infinity();
+  }
+  check_stats_exact(g, grid, x, at, [&](int64_t f) { return kind(f) == constant; }, nonfinite ? 2 : 0, true);
 }
 
 // Features-first statistics and backward sums add float vectors in runs of at most 8 per slot

@@ -139,9 +139,16 @@ std::string first_difference(const std::vector<unsigned char>& got, const std::v
   return "";
 }
 
+// The reference runs with nothing grouped and the same statistics kernel path as the runs
+// under `caches` (StatsArgs::cached: x within half the last-level cache): a huge cache where
+// x fits in half of caches.llc, else one of 1.5 times x (x read from memory, nothing grouped).
 template <class T>
 void check_case(const Case& cs, Caches caches) {
-  const Result one_pass = run<T>(cs, {kHugeCache}, 1);
+  int64_t x_bytes = static_cast<int64_t>(sizeof(T));
+  for (int64_t d : cs.shape) x_bytes *= d;
+  const int64_t reference_llc = x_bytes <= caches.llc / 2 ? kHugeCache : x_bytes / 2 * 3;
+  REQUIRE(planned_columns(cs.shape, static_cast<int64_t>(sizeof(T)), reference_llc) == 0);
+  const Result one_pass = run<T>(cs, {reference_llc}, 1);
   for (int32_t threads : {1, 2, 4}) {
     CAPTURE(threads);
     const Result grouped = run<T>(cs, caches, threads);
