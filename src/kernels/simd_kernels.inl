@@ -181,16 +181,16 @@ void stats_planar(const StatsArgs<E>& args, const Block& block) {
   const int64_t values = (b.o1 - b.o0) * inner;
   const double count = static_cast<double>(values);
   const int samples = static_cast<int>(values < kShiftSamples ? values : kShiftSamples);
+  if (!a.cached) {
+    for (int64_t s = b.s0; s < b.s1; ++s) stats_planar_two_pass(a, b, s, count, kNoPivot);
+    return;
+  }
   // The sampled values' offsets from a feature's first value in the block: value indices
   // i*(values/samples), row-major over the block's rows; the same for every feature.
   int64_t offset[kShiftSamples] = {};
   for (int i = 1; i < samples; ++i) {
     const int64_t e = values / samples * i;
     offset[i] = e / inner * span * inner + e % inner;
-  }
-  if (!a.cached) {
-    for (int64_t s = b.s0; s < b.s1; ++s) stats_planar_two_pass(a, b, s, count, kNoPivot);
-    return;
   }
   for (int64_t s = b.s0; s < b.s1; ++s) {
     const E* first = a.x + (b.o0 * span + s) * inner;
